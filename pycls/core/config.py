@@ -1,5 +1,6 @@
 """Configuration (a yacs tree): pycls's keys and defaults plus the engine's new keys."""
 
+import argparse
 import ast
 import difflib
 import os
@@ -609,3 +610,26 @@ def reset_cfg():
     _C.merge_from_other_cfg(_CFG_DEFAULT)
     if was_frozen:
         _C.freeze()
+
+
+def load_cfg_from_args(argv, description="Config file options."):
+    """Loads cfg from a CLI's arguments (--cfg FILE, flags, KEY VALUE...); returns the flags."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--cfg", dest="cfg_file", required=True, help="config file (.yaml)")
+    parser.add_argument("--device", choices=_CHOICES["DEVICE"], help="sets DEVICE")
+    parser.add_argument("--data_path", help="dataset root with train/ and val/ folders")
+    parser.add_argument("--rank_id", type=int, help="rank of this process (seed-style launch)")
+    parser.add_argument("--device_id", type=int, help="device index of this process")
+    parser.add_argument("--profperf", type=int, choices=[0, 1], default=0, help="write a trace")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE pairs; see config.py")
+    args = parser.parse_args(argv)
+    merge_from_file(args.cfg_file)
+    if args.device:
+        _C.DEVICE = args.device
+    if args.data_path:
+        _C.DATA_LOADER.DATA_PATH = args.data_path
+    if args.profperf:
+        _C.PROFILE.ENABLED = True
+    merge_from_list(args.opts)
+    assert_cfg()
+    return args

@@ -1,0 +1,248 @@
+"""Tools for training and testing a model: the recipe, read top to bottom."""
+
+import copy
+import os
+import random
+
+import numpy as np
+import pycls.core.benchmark as benchmark
+import pycls.core.builders as builders
+import pycls.core.checkpoint as cp
+import pycls.core.config as config
+import pycls.core.device as devices
+import pycls.core.distributed as dist
+import pycls.core.logging as logging
+import pycls.core.meters as meters
+import pycls.core.net as net
+import pycls.core.optimizer as optim
+import pycls.datasets.loader as data_loader
+import torch
+from pycls.core.amp import Amp
+from pycls.core.config import cfg
+from pycls.core.errors import PyclsError
+
+logger = logging.get_logger(__name__)
+
+
+def setup_env(rank_id=None, device_id=None):
+    """Sets up the process group, device, output folder, logging and seeds."""
+    config.assert_cfg()
+    device = dist.init(cfg.DEVICE, rank_id=rank_id, device_id=device_id)
+    if dist.is_main_proc():
+        os.makedirs(cfg.OUT_DIR, exist_ok=True)
+        cp.check_out_dir()
+        config.dump_cfg()
+    logging.setup_logging()
+    version = [torch.__version__, torch.version.cuda, getattr(torch.version, "cann", None)]
+    logger.info("PyTorch version: {}".format(version))
+    logger.info("Device: {} (world size {})".format(device, dist.get_world_size()))
+    if cfg.VERBOSE:
+        logger.info("Config:\n{}".format(cfg))
+    seed = cfg.RNG_SEED + dist.get_rank()
+    np.random.seed(seed)
+    random.seed(seed)
+    torch.manual_seed(seed)
+    return device
+
+
+def memory_format(device):
+    """Returns the activation memory format for MODEL.MEMORY_FORMAT on this device."""
+    choice = cfg.MODEL.MEMORY_FORMAT
+    if choice == "auto":
+        choice = "channels_last" if devices.has_accelerator(device) else "contiguous"
+    return torch.channels_last if choice == "channels_last" else torch.contiguous_format
+
+
+def setup_model(device):
+    """Builds the model on the device and logs its complexity."""
+    model = builders.build_model()
+    if cfg.VERBOSE:
+        logger.info("Model:\n{}".format(model))
+    logger.info(logging.dump_log_data(net.complexity(model), "complexity"))
+    return model.to(device, memory_format=memory_format(device))
+
+
+def load_start_state(model, model_ema, optimizer, amp):
+    """Resumes from OUT_DIR or loads start weights; returns the first epoch to run."""
+    path = cp.find_resume_checkpoint() if cfg.TRAIN.AUTO_RESUME else None
+    if path:
+        epoch, extra = cp.load_checkpoint(path, model, model_ema, optimizer)
+        amp.load_state_dict(extra.get("amp_state"))
+        cp.restore_rng_state(extra)
+        logger.info("Resumed from {} (next epoch {})".format(path, epoch + 1))
+        return epoch
+    if cfg.TRAIN.WEIGHTS:
+        cp.load_weights(cfg.TRAIN.WEIGHTS, model)
+        logger.info("Loaded initial weights from: {}".format(cfg.TRAIN.WEIGHTS))
+    elif cfg.TRAIN.PRETRAINED:
+        cp.load_weights(cfg.TRAIN.PRETRAINED, model, skip_mismatched_head=True)
+        logger.info("Fine-tuning from pretrained weights: {}".format(cfg.TRAIN.PRETRAINED))
+    if model_ema is not None:
+        model_ema.load_state_dict(model.state_dict())
+    return 0
+
+
+def check_finite(stats, where):
+    """Stops the run when a logged loss is not finite (every rank reads the same value)."""
+    if stats is not None and not np.isfinite(float(stats["loss"])):
+        msg = "loss is {} at {}; lower OPTIM.BASE_LR, add OPTIM.WARMUP_EPOCHS or OPTIM.GRAD_CLIP"
+        raise PyclsError(msg.format(stats["loss"], where))
+
+
+def train_epoch(loader, model, model_ema, loss_fun, optimizer, amp, meter, cur_epoch, device):
+    """Performs one epoch of training."""
+    data_loader.shuffle(loader, cur_epoch)
+    lr = optim.get_epoch_lr(cur_epoch)
+    optim.set_lr(optimizer, lr)
+    model.train()
+    if model_ema is not None:
+        model_ema.train()
+    fmt = memory_format(device)
+    meter.reset()
+    meter.iter_tic()
+    for cur_iter, (inputs, labels) in enumerate(loader):
+        inputs = inputs.to(device, non_blocking=True, memory_format=fmt)
+        labels = labels.to(device, non_blocking=True)
+        labels_one_hot = net.smooth_one_hot_labels(labels)
+        inputs, labels_one_hot, labels = net.mixup(inputs, labels_one_hot)
+        with amp.autocast():
+            preds = model(inputs)
+            loss = loss_fun(preds, labels_one_hot)
+        optimizer.zero_grad(set_to_none=True)
+        amp.backward_step(loss, optimizer, model, cfg.OPTIM.GRAD_CLIP)
+        net.update_model_ema(net.unwrap_model(model), model_ema, cur_epoch, cur_iter)
+        top1_err, top5_err = meters.topk_errors(preds.detach(), labels, [1, 5])
+        meter.iter_toc()
+        meter.update_stats(top1_err, top5_err, loss.detach(), lr, inputs.size(0))
+        stats = meter.log_iter_stats(cur_epoch, cur_iter)
+        check_finite(stats, "epoch {} iter {}".format(cur_epoch + 1, cur_iter + 1))
+        meter.iter_tic()
+    extra = {"bad_files": data_loader.bad_file_count(loader), "amp_skipped": amp.skipped_steps}
+    stats = meter.log_epoch_stats(cur_epoch, extra)
+    check_finite(stats, "the end of epoch {}".format(cur_epoch + 1))
+
+
+@torch.no_grad()
+def test_epoch(loader, model, amp, meter, cur_epoch, device):
+    """Evaluates the model on the test set; returns the top-1 error."""
+    model.eval()
+    fmt = memory_format(device)
+    meter.reset()
+    meter.iter_tic()
+    for cur_iter, (inputs, labels) in enumerate(loader):
+        inputs = inputs.to(device, non_blocking=True, memory_format=fmt)
+        labels = labels.to(device, non_blocking=True)
+        with amp.autocast():
+            preds = model(inputs)
+        top1_err, top5_err = meters.topk_errors(preds, labels, [1, 5])
+        meter.iter_toc()
+        meter.update_stats(top1_err, top5_err, inputs.size(0))
+        meter.log_iter_stats(cur_epoch, cur_iter)
+        meter.iter_tic()
+    stats = meter.log_epoch_stats(cur_epoch, {"bad_files": data_loader.bad_file_count(loader)})
+    return float(stats["top1_err"])
+
+
+def profile_steps(loader, model, loss_fun, optimizer, amp, device):
+    """Writes a torch.profiler Chrome trace of a few training steps to OUT_DIR."""
+    steps = cfg.PROFILE.NUM_STEPS
+    schedule = torch.profiler.schedule(wait=0, warmup=1, active=steps, repeat=1)
+    path = os.path.join(cfg.OUT_DIR, "profile_rank{}.json".format(dist.get_rank()))
+    model.train()
+    with torch.profiler.profile(schedule=schedule, record_shapes=True) as prof:
+        for cur_iter, (inputs, labels) in enumerate(loader):
+            if cur_iter >= steps + 1:
+                break
+            inputs = inputs.to(device, memory_format=memory_format(device))
+            labels_one_hot = net.smooth_one_hot_labels(labels.to(device))
+            with amp.autocast():
+                loss = loss_fun(model(inputs), labels_one_hot)
+            optimizer.zero_grad(set_to_none=True)
+            amp.backward_step(loss, optimizer, model, cfg.OPTIM.GRAD_CLIP)
+            prof.step()
+    devices.synchronize(device)
+    prof.export_chrome_trace(path)
+    logger.info("Wrote the profiler trace of {} steps to {}".format(steps, path))
+
+
+def train_model(rank_id=None, device_id=None):
+    """Trains the model, evaluating and checkpointing after every epoch."""
+    device = setup_env(rank_id, device_id)
+    model = setup_model(device)
+    loss_fun = builders.build_loss_fun().to(device)
+    optimizer = optim.construct_optimizer(model, device)
+    amp = Amp(device)
+    model, optimizer = amp.prepare(model, optimizer)
+    logger.info("Mixed precision: {}".format(amp.describe()))
+    model_ema = copy.deepcopy(model) if cfg.OPTIM.EMA_ALPHA > 0 else None
+    start_epoch = load_start_state(model, model_ema, optimizer, amp)
+    ddp_model = dist.wrap_model(model, device)
+    train_model_fn = torch.compile(ddp_model) if cfg.MODEL.COMPILE else ddp_model
+    train_loader = data_loader.construct_train_loader(device)
+    test_loader = data_loader.construct_test_loader(device)
+    if cfg.PROFILE.ENABLED:
+        profile_steps(train_loader, train_model_fn, loss_fun, optimizer, amp, device)
+    train_meter = meters.TrainMeter(len(train_loader))
+    test_meter = meters.TestMeter(len(test_loader))
+    ema_meter = meters.TestMeter(len(test_loader), "test_ema")
+    logger.info("Start epoch: {}".format(start_epoch + 1))
+    best_err = np.inf
+    for cur_epoch in range(start_epoch, cfg.OPTIM.MAX_EPOCH):
+        params = (train_loader, train_model_fn, model_ema, loss_fun, optimizer, amp, train_meter)
+        train_epoch(*params, cur_epoch, device)
+        if cfg.BN.USE_PRECISE_STATS:
+            net.compute_precise_bn_stats(model, train_loader, device)
+            if model_ema is not None:
+                net.compute_precise_bn_stats(model_ema, train_loader, device)
+        last_epoch = cur_epoch + 1 == cfg.OPTIM.MAX_EPOCH
+        if (cur_epoch + 1) % cfg.TRAIN.EVAL_PERIOD != 0 and not last_epoch:
+            continue
+        test_err = test_epoch(test_loader, model, amp, test_meter, cur_epoch, device)
+        ema_err = None
+        if model_ema is not None:
+            ema_err = test_epoch(test_loader, model_ema, amp, ema_meter, cur_epoch, device)
+        best_err = min(best_err, test_err)
+        if (cur_epoch + 1) % cfg.TRAIN.CHECKPOINT_PERIOD == 0 or last_epoch:
+            extra = {"amp_state": amp.state_dict()}
+            path = cp.save_checkpoint(
+                model, model_ema, optimizer, cur_epoch, test_err, ema_err, extra
+            )
+            if path:
+                logger.info("Wrote checkpoint to: {}".format(path))
+    dist.cleanup()
+
+
+def test_model(rank_id=None, device_id=None):
+    """Evaluates TEST.WEIGHTS on the test set."""
+    device = setup_env(rank_id, device_id)
+    model = setup_model(device)
+    if not cfg.TEST.WEIGHTS:
+        raise PyclsError("no weights to test: pass TEST.WEIGHTS /path/to/model.pyth")
+    cp.load_weights(cfg.TEST.WEIGHTS, model)
+    logger.info("Loaded model weights from: {}".format(cfg.TEST.WEIGHTS))
+    amp = Amp(device)
+    model, _ = amp.prepare(model, None)
+    model = dist.wrap_model(model, device)
+    test_loader = data_loader.construct_test_loader(device)
+    test_meter = meters.TestMeter(len(test_loader))
+    test_epoch(test_loader, model, amp, test_meter, 0, device)
+    dist.cleanup()
+
+
+def time_model(rank_id=None, device_id=None):
+    """Times the model's forward and backward passes and the data loaders."""
+    device = setup_env(rank_id, device_id)
+    model = setup_model(device)
+    loss_fun = builders.build_loss_fun().to(device)
+    amp = Amp(device)
+    model, _ = amp.prepare(model, None)
+    train_loader = data_loader.construct_train_loader(device)
+    test_loader = data_loader.construct_test_loader(device)
+    benchmark.compute_time_full(model, loss_fun, train_loader, test_loader, device, amp)
+    dist.cleanup()
+
+
+def run_job(job, argv, description):
+    """Loads cfg from CLI arguments and runs a job (train_model, test_model or time_model)."""
+    args = config.load_cfg_from_args(argv, description)
+    job(rank_id=args.rank_id, device_id=args.device_id)

@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# Shared by the launchers in test/: arguments, the Python to use, the run and the final result.
+# Launchers call: launch CASE TOOL DEFAULT_CFG NUM_PROCS "$@"
+
+set -uo pipefail
+TEST_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO_DIR="$(dirname "$TEST_DIR")"
+# shellcheck source=test/env_npu.sh
+source "$TEST_DIR/env_npu.sh"
+
+die() {
+    echo "error: $*" >&2
+    exit 2
+}
+
+pick_python() {
+    if [ -n "${PYTHON:-}" ]; then
+        echo "$PYTHON"
+    elif [ -x "$REPO_DIR/.venv/bin/python" ]; then
+        echo "$REPO_DIR/.venv/bin/python"
+    else
+        command -v python3 || command -v python || die "no python3 found; install Python 3.8+"
+    fi
+}
+
+launch() {
+    local case_name=$1 tool=$2 cfg_file=$3 nproc=$4
+    shift 4
+    local data_path="" device="" pth_path="" extra=()
+    for arg in "$@"; do
+        case "$arg" in
+            --data_path=*) data_path="${arg#*=}" ;;
+            --device=*) device="${arg#*=}" ;;
+            --cfg=*) cfg_file="${arg#*=}" ;;
+            --pth_path=*) pth_path="${arg#*=}" ;;
+            --*) die "unknown option $arg; use --data_path=, --device=, --cfg=, --pth_path= or KEY VALUE pairs" ;;
+            *) extra+=("$arg") ;;
+        esac
+    done
+    [ -n "$data_path" ] || die "--data_path=DIR is required (a folder with train/ and val/ inside)"
+    if [ "$tool" = test_net ]; then
+        [ -n "$pth_path" ] || die "--pth_path=FILE is required (the checkpoint to evaluate)"
+        extra+=(TEST.WEIGHTS "$pth_path")
+    fi
+    local py id out_dir log
+    py=$(pick_python)
+    id=${ASCEND_DEVICE_ID:-0}
+    out_dir="$TEST_DIR/output/$id/$case_name"
+    log="$TEST_DIR/output/$id/$case_name.log"
+    mkdir -p "$out_dir" || die "cannot create $out_dir; check the permissions of $TEST_DIR"
+    export PYTHONPATH="$REPO_DIR${PYTHONPATH:+:$PYTHONPATH}"
+    local args=(--cfg "$cfg_file" --data_path "$data_path")
+    [ -n "$device" ] && args+=(--device "$device")
+    local nnodes=${NNODES:-1}
+    local runner=("$py")
+    if [ "$nproc" -gt 1 ] || [ "$nnodes" -gt 1 ]; then
+        runner=("$py" -m torch.distributed.run --nproc_per_node="$nproc" --nnodes="$nnodes"
+            --node_rank="${NODE_RANK:-0}" --master_addr="${MASTER_ADDR:-127.0.0.1}"
+            --master_port="${MASTER_PORT:-29500}" --max-restarts="${MAX_RESTARTS:-0}"
+            --no-python "$TEST_DIR/bind_cores.sh" "$py")
+    else
+        args+=(--device_id "$id")
+    fi
+    echo "Log: $log" >&2
+    local start end status
+    start=$(date +%s)
+    "${runner[@]}" "$REPO_DIR/tools/$tool.py" "${args[@]}" \
+        OUT_DIR "$out_dir" NUM_GPUS $((nproc * nnodes)) "${extra[@]}" 2>&1 | tee "$log"
+    status=${PIPESTATUS[0]}
+    end=$(date +%s)
+    [ "$status" -eq 0 ] || exit "$status"
+    "$py" "$REPO_DIR/tools/final_result.py" "$log" --case "$case_name" --e2e $((end - start)) \
+        | tee -a "$log"
+}

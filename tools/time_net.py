@@ -1,0 +1,19 @@
+#!/usr/bin/env python3
+"""Time a model's passes and data loaders."""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from pycls.core.errors import run_cli  # noqa: E402
+
+
+def main():
+    """Loads the config from the command line and runs the job."""
+    from pycls.core import trainer
+
+    trainer.run_job(trainer.time_model, sys.argv[1:], __doc__)
+
+
+if __name__ == "__main__":
+    run_cli(main)
