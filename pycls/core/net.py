@@ -1,0 +1,169 @@
+"""Functions for manipulating networks: complexity, labels, mixup, precise BN and EMA."""
+
+import itertools
+
+import numpy as np
+import torch
+import torch.distributed as torch_dist
+
+from pycls.core.config import cfg
+
+
+def unwrap_model(model):
+    """Strips DistributedDataParallel / DataParallel and torch.compile wrappers."""
+    wrappers = (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)
+    while True:
+        if isinstance(model, wrappers):
+            model = model.module
+        elif isinstance(model, torch.nn.Module) and hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def complexity(model):
+    """Computes {flops, params, acts} of a model instance or class at TRAIN.IM_SIZE."""
+    size = cfg.TRAIN.IM_SIZE
+    cx = {"h": size, "w": size, "flops": 0, "params": 0, "acts": 0}
+    model = unwrap_model(model)
+    params = getattr(model, "params", None) if isinstance(model, torch.nn.Module) else None
+    cx = model.complexity(cx, params) if isinstance(params, dict) else model.complexity(cx)
+    return {"flops": cx["flops"], "params": cx["params"], "acts": cx["acts"]}
+
+
+def smooth_one_hot_labels(labels):
+    """Converts int labels to one-hot vectors smoothed by TRAIN.LABEL_SMOOTHING."""
+    n_classes, label_smooth = cfg.MODEL.NUM_CLASSES, cfg.TRAIN.LABEL_SMOOTHING
+    if labels.ndim != 1:
+        raise ValueError("smooth_one_hot_labels takes a 1-D tensor of class indices")
+    neg_val = label_smooth / n_classes
+    pos_val = 1.0 - label_smooth + neg_val
+    shape = (labels.shape[0], n_classes)
+    one_hot = torch.full(shape, neg_val, dtype=torch.float32, device=labels.device)
+    return one_hot.scatter_(1, labels.long().view(-1, 1), pos_val)
+
+
+class SoftCrossEntropyLoss(torch.nn.Module):
+    """Cross entropy with soft targets (label smoothing, mixup); equals
+    torch.nn.CrossEntropyLoss for one-hot targets. Int class targets also work."""
+
+    def forward(self, x, y):
+        if y.ndim == 1:
+            return torch.nn.functional.cross_entropy(x, y)
+        loss = -y * torch.nn.functional.log_softmax(x, -1)
+        return torch.sum(loss) / x.shape[0]
+
+
+def _cutmix_box(h, w, lam):
+    """Draws a cutmix box of area about (1 - lam) * h * w; returns (y0, y1, x0, x1)."""
+    w_b, h_b = int(w * np.sqrt(1.0 - lam)), int(h * np.sqrt(1.0 - lam))
+    x_c, y_c = np.random.randint(w), np.random.randint(h)
+    x_0, y_0 = int(np.clip(x_c - w_b // 2, 0, w)), int(np.clip(y_c - h_b // 2, 0, h))
+    x_1, y_1 = int(np.clip(x_c + w_b // 2, 0, w)), int(np.clip(y_c + h_b // 2, 0, h))
+    return y_0, y_1, x_0, x_1
+
+
+def mixup(inputs, labels):
+    """Applies mixup or cutmix (TRAIN.MIXUP_ALPHA, TRAIN.CUTMIX_ALPHA) to a batch;
+    returns (inputs, mixed labels, labels for the error meters)."""
+    if labels.ndim != 2 or labels.shape[1] != cfg.MODEL.NUM_CLASSES:
+        raise ValueError("mixup takes one-hot labels of shape (N, MODEL.NUM_CLASSES)")
+    mixup_alpha, cutmix_alpha = cfg.TRAIN.MIXUP_ALPHA, cfg.TRAIN.CUTMIX_ALPHA
+    # When both are on, each batch gets one of them at random (50-50)
+    mixup_alpha = mixup_alpha if (cutmix_alpha == 0 or np.random.rand() < 0.5) else 0
+    if mixup_alpha > 0:
+        lam = float(np.random.beta(mixup_alpha, mixup_alpha))
+        perm = torch.randperm(labels.shape[0], device=labels.device)
+        inputs = lam * inputs + (1.0 - lam) * inputs[perm]
+        labels = lam * labels + (1.0 - lam) * labels[perm]
+    elif cutmix_alpha > 0:
+        lam = float(np.random.beta(cutmix_alpha, cutmix_alpha))
+        perm = torch.randperm(labels.shape[0], device=labels.device)
+        h, w = inputs.shape[2], inputs.shape[3]
+        y_0, y_1, x_0, x_1 = _cutmix_box(h, w, lam)
+        # The label weight of the pasted image is its exact (clipped) area fraction
+        lam = 1.0 - ((x_1 - x_0) * (y_1 - y_0) / (h * w))
+        inputs = inputs.clone()
+        inputs[:, :, y_0:y_1, x_0:x_1] = inputs[perm, :, y_0:y_1, x_0:x_1]
+        labels = lam * labels + (1.0 - lam) * labels[perm]
+    return inputs, labels, labels.argmax(1)
+
+
+def _world_size():
+    """Returns the number of processes (1 unless torch.distributed is initialised)."""
+    initialised = torch_dist.is_available() and torch_dist.is_initialized()
+    return torch_dist.get_world_size() if initialised else 1
+
+
+def _mean_over_processes(tensors):
+    """Averages a list of tensors over all processes in place (no-op for one)."""
+    world_size = _world_size()
+    if world_size > 1:
+        for t in tensors:
+            torch_dist.all_reduce(t)
+            t.div_(world_size)
+    return tensors
+
+
+def _batch_size(loader):
+    """Returns the per-process batch size of a loader."""
+    batch_size = getattr(loader, "batch_size", None)
+    if batch_size is None:
+        batch_size = len(next(iter(loader))[0])
+    return batch_size
+
+
+@torch.no_grad()
+def compute_precise_bn_stats(model, loader, device):
+    """Recomputes BN running stats as the average of batch stats over
+    BN.NUM_SAMPLES_PRECISE training images (all processes together)."""
+    num_iter = int(cfg.BN.NUM_SAMPLES_PRECISE / _batch_size(loader) / _world_size())
+    num_iter = max(1, min(num_iter, len(loader)))
+    bn_type = torch.nn.modules.batchnorm._BatchNorm
+    bns = [m for m in model.modules() if isinstance(m, bn_type) and m.track_running_stats]
+    means = [torch.zeros_like(bn.running_mean) for bn in bns]
+    variances = [torch.zeros_like(bn.running_var) for bn in bns]
+    # With momentum 1.0 the running stats hold the stats of the last batch only
+    momentums = [bn.momentum for bn in bns]
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = 1.0
+    was_training = model.training
+    model.train()
+    dtype = next(model.parameters()).dtype
+    for inputs, _labels in itertools.islice(loader, num_iter):
+        model(inputs.to(device, dtype=dtype, non_blocking=True))
+        for i, bn in enumerate(bns):
+            means[i] += bn.running_mean / num_iter
+            variances[i] += bn.running_var / num_iter
+    means = _mean_over_processes(means)
+    variances = _mean_over_processes(variances)
+    for i, bn in enumerate(bns):
+        bn.running_mean.copy_(means[i])
+        bn.running_var.copy_(variances[i])
+        bn.momentum = momentums[i]
+    model.train(was_training)
+
+
+@torch.no_grad()
+def update_model_ema(model, model_ema, cur_epoch, cur_iter):
+    """Updates the exponential moving average (EMA) of the model weights every
+    OPTIM.EMA_UPDATE_PERIOD iterations (a no-op when OPTIM.EMA_ALPHA is 0)."""
+    update_period = cfg.OPTIM.EMA_UPDATE_PERIOD
+    if model_ema is None or cfg.OPTIM.EMA_ALPHA <= 0:
+        return
+    if update_period == 0 or cur_iter % update_period != 0:
+        return
+    # Adjust alpha to be fairly independent of the batch size and update period
+    adjust = cfg.TRAIN.BATCH_SIZE / cfg.OPTIM.MAX_EPOCH * update_period
+    alpha = min(1.0, cfg.OPTIM.EMA_ALPHA * adjust)
+    # During warmup simply copy over the weights instead of averaging
+    alpha = 1.0 if cur_epoch < cfg.OPTIM.WARMUP_EPOCHS else alpha
+    # Average all state (BN buffers too), not just the parameters
+    params = unwrap_model(model).state_dict()
+    for name, ema in unwrap_model(model_ema).state_dict().items():
+        src = params[name]
+        if ema.is_floating_point():
+            ema.lerp_(src.to(ema.dtype), alpha)
+        else:
+            ema.copy_(src)

@@ -1,0 +1,195 @@
+"""Common model blocks: layer helpers, their complexity (cx) functions, SE and init."""
+
+import math
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from pycls.core.config import cfg
+from pycls.core.errors import PyclsError
+
+# Activation functions by name (MODEL.ACTIVATION_FUN)
+_ACTIVATIONS = {"relu": nn.ReLU, "silu": nn.SiLU, "swish": nn.SiLU}
+
+# Keys every model's params dict holds for its layers (see layer_params)
+LAYER_KEYS = ("bn_eps", "bn_mom", "activation", "activation_inplace")
+
+
+# ------------------------------- Layer parameters ---------------------------------- #
+
+
+def layer_params():
+    """Returns the layer settings (BN eps/momentum, activation) read from cfg."""
+    return {
+        "bn_eps": cfg.BN.EPS,
+        "bn_mom": cfg.BN.MOM,
+        "activation": cfg.MODEL.ACTIVATION_FUN,
+        "activation_inplace": cfg.MODEL.ACTIVATION_INPLACE,
+    }
+
+
+def check_params(params, keys, model_name):
+    """Raises a PyclsError if an explicit params dict lacks any of the given keys."""
+    missing = [k for k in keys if k not in params]
+    if missing:
+        msg = "{} params dict lacks {}; start from {}.get_params() and edit it"
+        raise PyclsError(msg.format(model_name, ", ".join(missing), model_name))
+    return params
+
+
+# ----------------------- Shortcuts for common torch.nn layers ----------------------- #
+
+
+def conv2d(w_in, w_out, k, *, stride=1, groups=1, bias=False):
+    """Builds a conv2d layer with 'same' padding for an odd kernel."""
+    assert k % 2 == 1, "Only odd size kernels supported to avoid padding issues."
+    return nn.Conv2d(w_in, w_out, k, stride=stride, padding=(k - 1) // 2, groups=groups, bias=bias)
+
+
+def norm2d(w_in, p):
+    """Builds a BatchNorm2d layer with the eps and momentum of the params p."""
+    return nn.BatchNorm2d(num_features=w_in, eps=p["bn_eps"], momentum=p["bn_mom"])
+
+
+def pool2d(_w_in, k, *, stride=1):
+    """Builds a max pool layer with 'same' padding for an odd kernel."""
+    assert k % 2 == 1, "Only odd size kernels supported to avoid padding issues."
+    return nn.MaxPool2d(k, stride=stride, padding=(k - 1) // 2)
+
+
+def gap2d(_w_in):
+    """Builds a global average pool layer."""
+    return nn.AdaptiveAvgPool2d((1, 1))
+
+
+def linear(w_in, w_out, *, bias=False):
+    """Builds a linear layer."""
+    return nn.Linear(w_in, w_out, bias=bias)
+
+
+def activation(p):
+    """Builds the activation layer named by the params p (relu, silu or swish)."""
+    name = str(p["activation"]).lower()
+    if name not in _ACTIVATIONS:
+        msg = "activation {!r} is not supported; set MODEL.ACTIVATION_FUN to one of {}"
+        raise PyclsError(msg.format(p["activation"], ", ".join(_ACTIVATIONS)))
+    return _ACTIVATIONS[name](inplace=bool(p["activation_inplace"]))
+
+
+# --------------------------- Complexity (cx) calculations --------------------------- #
+
+
+def conv2d_cx(cx, w_in, w_out, k, *, stride=1, groups=1, bias=False):
+    """Accumulates the complexity of conv2d into cx = (h, w, flops, params, acts)."""
+    assert k % 2 == 1, "Only odd size kernels supported to avoid padding issues."
+    h, w = (cx["h"] - 1) // stride + 1, (cx["w"] - 1) // stride + 1
+    weights = k * k * w_in * w_out // groups
+    flops = cx["flops"] + weights * h * w + (w_out if bias else 0)
+    params = cx["params"] + weights + (w_out if bias else 0)
+    acts = cx["acts"] + w_out * h * w
+    return {"h": h, "w": w, "flops": flops, "params": params, "acts": acts}
+
+
+def norm2d_cx(cx, w_in):
+    """Accumulates the complexity of norm2d into cx = (h, w, flops, params, acts)."""
+    return dict(cx, params=cx["params"] + 2 * w_in)
+
+
+def pool2d_cx(cx, w_in, k, *, stride=1):
+    """Accumulates the complexity of pool2d into cx = (h, w, flops, params, acts)."""
+    assert k % 2 == 1, "Only odd size kernels supported to avoid padding issues."
+    h, w = (cx["h"] - 1) // stride + 1, (cx["w"] - 1) // stride + 1
+    return dict(cx, h=h, w=w, acts=cx["acts"] + w_in * h * w)
+
+
+def gap2d_cx(cx, _w_in):
+    """Accumulates the complexity of gap2d into cx = (h, w, flops, params, acts)."""
+    return dict(cx, h=1, w=1)
+
+
+def linear_cx(cx, w_in, w_out, *, bias=False):
+    """Accumulates the complexity of linear into cx = (h, w, flops, params, acts)."""
+    extra = w_out if bias else 0
+    flops = cx["flops"] + w_in * w_out + extra
+    params = cx["params"] + w_in * w_out + extra
+    return dict(cx, flops=flops, params=params, acts=cx["acts"] + w_out)
+
+
+# ---------------------------------- Shared blocks ----------------------------------- #
+
+
+class SE(nn.Module):
+    """Squeeze-and-Excitation (SE) block: AvgPool, FC, Act, FC, Sigmoid."""
+
+    def __init__(self, w_in, w_se, p):
+        super().__init__()
+        self.avg_pool = gap2d(w_in)
+        self.f_ex = nn.Sequential(
+            conv2d(w_in, w_se, 1, bias=True),
+            activation(p),
+            conv2d(w_se, w_in, 1, bias=True),
+            nn.Sigmoid(),
+        )
+
+    def forward(self, x):
+        return x * self.f_ex(self.avg_pool(x))
+
+    @staticmethod
+    def complexity(cx, w_in, w_se, _p=None):
+        h, w = cx["h"], cx["w"]
+        cx = gap2d_cx(cx, w_in)
+        cx = conv2d_cx(cx, w_in, w_se, 1, bias=True)
+        cx = conv2d_cx(cx, w_se, w_in, 1, bias=True)
+        return dict(cx, h=h, w=w)
+
+
+# ---------------------------------- Miscellaneous ----------------------------------- #
+
+
+def adjust_block_compatibility(ws, bs, gs):
+    """Adjusts widths, bottleneck multipliers and group widths to be compatible."""
+    assert len(ws) == len(bs) == len(gs)
+    assert all(w > 0 and b > 0 and g > 0 for w, b, g in zip(ws, bs, gs))
+    vs = [int(max(1, w * b)) for w, b in zip(ws, bs)]
+    gs = [int(min(g, v)) for g, v in zip(gs, vs)]
+    ms = [_lcm(g, b) if b > 1 else g for g, b in zip(gs, bs)]
+    vs = [max(m, int(round(v / m) * m)) for v, m in zip(vs, ms)]
+    ws = [int(v / b) for v, b in zip(vs, bs)]
+    assert all(w * b % g == 0 for w, b, g in zip(ws, bs, gs))
+    return ws, bs, gs
+
+
+def _lcm(a, b):
+    """Least common multiple of two whole numbers (b may be a whole float)."""
+    a, b = int(a), int(b)
+    return a * b // math.gcd(a, b)
+
+
+def init_weights(m, zero_init_final_gamma=False):
+    """Performs ResNet-style weight initialization of one module."""
+    if isinstance(m, nn.Conv2d):
+        # Conv biases (SE only) keep torch's default init, as in pycls
+        fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
+        m.weight.data.normal_(mean=0.0, std=float(np.sqrt(2.0 / fan_out)))
+    elif isinstance(m, nn.BatchNorm2d):
+        zero_gamma = zero_init_final_gamma and getattr(m, "final_bn", False)
+        m.weight.data.fill_(0.0 if zero_gamma else 1.0)
+        m.bias.data.zero_()
+    elif isinstance(m, nn.Linear):
+        m.weight.data.normal_(mean=0.0, std=0.01)
+        m.bias.data.zero_()
+
+
+def init_model_weights(model, zero_init_final_gamma=False):
+    """Initializes the weights of every module of a model (see init_weights)."""
+    for m in model.modules():
+        init_weights(m, zero_init_final_gamma)
+
+
+def drop_connect(x, drop_ratio):
+    """Drops whole samples of a residual branch with probability drop_ratio."""
+    keep_ratio = 1.0 - drop_ratio
+    mask = torch.empty([x.shape[0], 1, 1, 1], dtype=x.dtype, device=x.device)
+    mask.bernoulli_(keep_ratio)
+    return x * mask.div_(keep_ratio)
