@@ -1,0 +1,172 @@
+"""Devices: the one place that knows cpu, cuda (--device gpu) and npu (Ascend, via torch_npu).
+
+Everything else takes a ``torch.device`` and calls the helpers here, which reach the
+per-device torch module generically (``torch.cuda``, ``torch.npu``) through ``device.type``.
+``torch_npu`` is optional and imported lazily, only when an npu is asked for or probed.
+"""
+
+import importlib
+import os
+import resource
+import sys
+
+import torch
+
+from pycls.core.config import cfg
+from pycls.core.errors import PyclsError
+
+# Device names the CLI and cfg.DEVICE accept, mapped to torch device types
+_NAMES = {"auto": "auto", "cpu": "cpu", "gpu": "cuda", "cuda": "cuda", "npu": "npu"}
+
+# Process group backend of each device type
+_DIST_BACKENDS = {"cpu": "gloo", "cuda": "nccl", "npu": "hccl"}
+
+_NPU_MISSING = (
+    "torch_npu is not installed: install the torch_npu wheel matching your torch and CANN "
+    "(see README), or use --device cpu|gpu"
+)
+_CANN_HINT = (
+    "source /usr/local/Ascend/ascend-toolkit/set_env.sh (or run test/env_npu.sh) "
+    "and check npu-smi info, or use --device cpu|gpu"
+)
+
+
+def _import_torch_npu():
+    """Imports torch_npu (which registers torch.npu); returns (module, error message)."""
+    try:
+        return importlib.import_module("torch_npu"), None
+    except ModuleNotFoundError as e:
+        if e.name == "torch_npu":
+            return None, _NPU_MISSING
+        return None, "torch_npu failed to import ({}): reinstall it or {}".format(e, _CANN_HINT)
+    except (ImportError, OSError, RuntimeError) as e:
+        return None, "torch_npu failed to import ({}): {}".format(e, _CANN_HINT)
+
+
+def _npu_error():
+    """Returns None when an npu is usable, else the reason it is not."""
+    torch_npu, error = _import_torch_npu()
+    if error:
+        return error
+    npu = getattr(torch, "npu", None) or getattr(torch_npu, "npu", None)
+    try:
+        found = npu is not None and npu.is_available() and npu.device_count() > 0
+    except RuntimeError:
+        found = False
+    return None if found else "torch_npu found no NPU device: " + _CANN_HINT
+
+
+def _cuda_error():
+    """Returns None when CUDA is usable, else the reason it is not."""
+    if torch.cuda.is_available():
+        return None
+    built = "built for CUDA {}".format(torch.version.cuda) if torch.version.cuda else "CPU-only"
+    msg = "--device gpu but CUDA is not available (torch {} is {}): install a CUDA build of "
+    msg += "torch and check nvidia-smi, or use --device cpu|npu"
+    return msg.format(torch.__version__, built)
+
+
+def resolve(name="auto"):
+    """Returns the device type for a device name: auto picks npu, then cuda, then cpu."""
+    key = _NAMES.get(str(name).lower())
+    if key is None:
+        raise PyclsError("device {!r} is unknown: use --device auto|cpu|gpu|npu".format(name))
+    if key == "auto":
+        if _npu_error() is None:
+            return "npu"
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    error = {"cpu": lambda: None, "cuda": _cuda_error, "npu": _npu_error}[key]()
+    if error:
+        raise PyclsError(error)
+    return key
+
+
+def _module(device):
+    """Returns the torch module of an accelerator device (torch.cuda, torch.npu)."""
+    return getattr(torch, torch.device(device).type)
+
+
+def has_accelerator(device):
+    """Tells whether a device is an accelerator (anything but the cpu)."""
+    return torch.device(device).type != "cpu"
+
+
+def _set_deterministic(device_type):
+    """Makes runs repeatable: deterministic algorithms, no cudnn autotuning."""
+    # warn_only: some accelerator kernels (e.g. the adaptive pooling backward on cuda) have no
+    # deterministic version; they warn instead of stopping the run. CPU runs repeat exactly.
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    if device_type == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.backends.cudnn.deterministic = True
+
+
+def setup(name="auto", local_rank=0):
+    """Resolves a device name, makes the local_rank-th device current and returns it."""
+    device_type = resolve(name)
+    if device_type == "cpu":
+        device = torch.device("cpu")
+    else:
+        count = _module(device_type).device_count()
+        if not 0 <= local_rank < count:
+            msg = "local rank {} has no {} device: {} visible; start at most {} processes per node"
+            raise PyclsError(msg.format(local_rank, device_type, count, count))
+        device = torch.device(device_type, local_rank)
+        _module(device).set_device(device)
+    if device_type == "cuda":
+        torch.backends.cudnn.benchmark = cfg.CUDNN.BENCHMARK and not cfg.DETERMINISTIC
+    if cfg.DETERMINISTIC:
+        _set_deterministic(device_type)
+    return device
+
+
+def synchronize(device):
+    """Waits for the work queued on an accelerator (a no-op on the cpu)."""
+    if has_accelerator(device):
+        _module(device).synchronize(device)
+
+
+def max_memory_mb(device):
+    """Returns peak memory in MB: device max allocated, or the process peak RSS on the cpu."""
+    if has_accelerator(device):
+        return _module(device).max_memory_allocated(device) / 1024**2
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # ru_maxrss is in KB on Linux and in bytes on macOS
+    return peak / 1024**2 if sys.platform == "darwin" else peak / 1024
+
+
+def reset_peak_memory(device):
+    """Resets the device peak memory counter (the cpu's peak RSS cannot be reset)."""
+    if has_accelerator(device):
+        _module(device).reset_peak_memory_stats(device)
+
+
+def dist_backend(device):
+    """Returns the process group backend of a device: gloo (cpu), nccl (cuda), hccl (npu)."""
+    device_type = torch.device(device).type
+    if device_type not in _DIST_BACKENDS:
+        raise PyclsError("no process group backend for device {}".format(device_type))
+    return _DIST_BACKENDS[device_type]
+
+
+def autocast_device_type(device):
+    """Returns the device_type argument of torch.autocast / torch.amp.GradScaler."""
+    return torch.device(device).type
+
+
+def map_location(device):
+    """Returns torch.load's map_location: tensors land straight on this process's device."""
+    return torch.device(device)
+
+
+def memory_format(device):
+    """Returns the activation memory format for cfg.MODEL.MEMORY_FORMAT on this device.
+
+    auto is channels_last on cpu and cuda (EN-B3's depthwise convolutions run an order of
+    magnitude faster on CPU in it; see benchmarks/README.md) and contiguous on npu, whose
+    kernels pick their own internal formats.
+    """
+    choice = cfg.MODEL.MEMORY_FORMAT
+    if choice == "auto":
+        choice = "contiguous" if device.type == "npu" else "channels_last"
+    return torch.channels_last if choice == "channels_last" else torch.contiguous_format

@@ -1,0 +1,122 @@
+"""Distributed training: one process per device, joined in a torch.distributed process group.
+
+A process learns its place from torchrun's environment (RANK, LOCAL_RANK, WORLD_SIZE,
+MASTER_ADDR, MASTER_PORT) or from the seed's launchers (--rank_id N --device_id N with the
+process count in RANK_SIZE). A world of one process makes no process group. The backend
+follows the device: gloo (cpu), nccl (cuda), hccl (npu).
+"""
+
+import os
+
+import torch
+import torch.distributed as dist
+
+from pycls.core import device as dev
+from pycls.core.errors import PyclsError
+
+# Rendezvous defaults for seed-style launches (torchrun always sets both)
+_MASTER_ADDR = "127.0.0.1"
+_MASTER_PORT = "29688"
+
+
+def _env_int(name):
+    """Reads a whole number >= 0 from an environment variable."""
+    value = os.environ[name]
+    if not value.strip().isdigit():
+        raise PyclsError("environment variable {}={!r} must be a whole number".format(name, value))
+    return int(value)
+
+
+def process_info(rank_id=None, device_id=None):
+    """Returns (rank, world_size, local_rank) from torchrun's env or the seed's arguments."""
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        rank, world_size = _env_int("RANK"), _env_int("WORLD_SIZE")
+        local_rank = _env_int("LOCAL_RANK") if "LOCAL_RANK" in os.environ else rank
+    elif rank_id is not None:
+        if "RANK_SIZE" not in os.environ:
+            msg = "--rank_id {} needs the process count in RANK_SIZE: export RANK_SIZE=N "
+            msg += "(as test/train_full_8p.sh does) or launch with torchrun"
+            raise PyclsError(msg.format(rank_id))
+        rank, world_size = rank_id, _env_int("RANK_SIZE")
+        local_rank = rank_id if device_id is None else device_id
+    else:
+        rank, world_size = 0, 1
+        local_rank = 0 if device_id is None else device_id
+    if world_size < 1 or not 0 <= rank < world_size or local_rank < 0:
+        msg = "rank {} (device {}) does not fit a world of {} processes: check RANK/--rank_id, "
+        msg += "LOCAL_RANK/--device_id and WORLD_SIZE/RANK_SIZE"
+        raise PyclsError(msg.format(rank, local_rank, world_size))
+    return rank, world_size, local_rank
+
+
+def init(device_name="auto", rank_id=None, device_id=None):
+    """Sets this process's device and joins the process group; returns the device."""
+    rank, world_size, local_rank = process_info(rank_id, device_id)
+    device = dev.setup(device_name, local_rank)
+    if world_size > 1 and not dist.is_initialized():
+        os.environ.setdefault("MASTER_ADDR", _MASTER_ADDR)
+        os.environ.setdefault("MASTER_PORT", _MASTER_PORT)
+        backend = dev.dist_backend(device)
+        dist.init_process_group(backend, init_method="env://", rank=rank, world_size=world_size)
+    return device
+
+
+def is_initialized():
+    """Tells whether a process group is up."""
+    return dist.is_available() and dist.is_initialized()
+
+
+def get_rank():
+    """Returns this process's rank (0 without a process group)."""
+    return dist.get_rank() if is_initialized() else 0
+
+
+def get_world_size():
+    """Returns the number of processes (1 without a process group)."""
+    return dist.get_world_size() if is_initialized() else 1
+
+
+def is_main_proc():
+    """Tells whether this is the main process (rank 0, or the only one)."""
+    return get_rank() == 0
+
+
+def scaled_all_reduce(tensors):
+    """Averages tensors over all processes in place and returns them."""
+    world_size = get_world_size()
+    if world_size == 1:
+        return tensors
+    works = [dist.all_reduce(t, async_op=True) for t in tensors]
+    for work in works:
+        work.wait()
+    for t in tensors:
+        t.mul_(1.0 / world_size)
+    return tensors
+
+
+def all_reduce_sum(tensor):
+    """Sums a tensor over all processes in place and returns it."""
+    if get_world_size() > 1:
+        dist.all_reduce(tensor)
+    return tensor
+
+
+def wrap_model(model, device):
+    """Wraps a model (already on its device) in DDP when there are several processes."""
+    if get_world_size() == 1:
+        return model
+    ids = [torch.device(device).index] if dev.has_accelerator(device) else None
+    ddp = torch.nn.parallel.DistributedDataParallel
+    return ddp(model, device_ids=ids, output_device=ids and ids[0], broadcast_buffers=False)
+
+
+def barrier():
+    """Waits for every process (a no-op without a process group)."""
+    if is_initialized():
+        dist.barrier()
+
+
+def cleanup():
+    """Leaves and destroys the process group, if one is up."""
+    if is_initialized():
+        dist.destroy_process_group()

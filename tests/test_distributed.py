@@ -1,0 +1,169 @@
+"""Tests of pycls.core.distributed: process placement, and real 2-process gloo training on CPU."""
+
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from pycls.core import distributed as du
+from pycls.core.errors import PyclsError
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LAUNCH_VARS = ["RANK", "LOCAL_RANK", "WORLD_SIZE", "RANK_SIZE", "MASTER_ADDR", "MASTER_PORT"]
+
+# One rank of a 2-process run: reduce tensors, train one DDP step, save the results
+WORKER = """
+import sys
+import torch
+from pycls.core import distributed as du
+
+out_dir, rank_id = sys.argv[1], sys.argv[2]
+device = du.init("cpu", rank_id=int(rank_id) if rank_id else None)
+rank = du.get_rank()
+mean = du.scaled_all_reduce([torch.tensor([float(rank), 2.0 * rank])])[0]
+total = du.all_reduce_sum(torch.tensor([rank + 1.0]))
+torch.manual_seed(rank)  # each rank starts from other weights: DDP copies rank 0's
+model = du.wrap_model(torch.nn.Linear(4, 2), device)
+optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+torch.manual_seed(100 + rank)
+model(torch.randn(8, 4)).pow(2).mean().backward()
+optimizer.step()
+du.barrier()
+result = {
+    "rank": rank,
+    "world_size": du.get_world_size(),
+    "main": du.is_main_proc(),
+    "ddp": isinstance(model, torch.nn.parallel.DistributedDataParallel),
+    "mean": mean,
+    "total": total,
+    "weights": [p.detach() for p in model.parameters()],
+}
+torch.save(result, "{}/rank{}.pyth".format(out_dir, rank))
+du.cleanup()
+"""
+
+
+@pytest.fixture
+def clean_env(monkeypatch):
+    """Removes launcher variables; anything the code under test sets is undone too."""
+    for name in LAUNCH_VARS:
+        monkeypatch.setenv(name, "unset")
+        monkeypatch.delenv(name)
+
+
+def test_single_process(clean_env):
+    assert du.process_info() == (0, 1, 0)
+    assert du.process_info(device_id=2) == (0, 1, 2)
+    assert du.init("cpu") == torch.device("cpu")
+    assert not du.is_initialized()
+    assert (du.get_rank(), du.get_world_size(), du.is_main_proc()) == (0, 1, True)
+    tensor = torch.tensor([3.0])
+    assert du.scaled_all_reduce([tensor])[0] is tensor and tensor.item() == 3.0
+    assert du.all_reduce_sum(tensor).item() == 3.0
+    model = torch.nn.Linear(2, 2)
+    assert du.wrap_model(model, torch.device("cpu")) is model
+    du.barrier()
+    du.cleanup()
+
+
+def test_torchrun_env(clean_env, monkeypatch):
+    monkeypatch.setenv("RANK", "5")
+    monkeypatch.setenv("WORLD_SIZE", "8")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert du.process_info(rank_id=0, device_id=0) == (5, 8, 1)
+
+
+def test_seed_arguments(clean_env, monkeypatch):
+    monkeypatch.setenv("RANK_SIZE", "8")
+    assert du.process_info(rank_id=3) == (3, 8, 3)
+    assert du.process_info(rank_id=3, device_id=5) == (3, 8, 5)
+
+
+def test_rank_id_without_rank_size(clean_env):
+    with pytest.raises(PyclsError, match="--rank_id 3 needs the process count in RANK_SIZE"):
+        du.process_info(rank_id=3)
+
+
+@pytest.mark.parametrize(
+    "env,rank_id",
+    [
+        ({"RANK_SIZE": "2"}, 2),
+        ({"RANK_SIZE": "eight"}, 0),
+        ({"RANK": "0", "WORLD_SIZE": "0"}, None),
+    ],
+)
+def test_bad_placement(clean_env, monkeypatch, env, rank_id):
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(PyclsError, match="RANK"):
+        du.process_info(rank_id=rank_id)
+
+
+def test_init_defaults_rendezvous(clean_env, monkeypatch):
+    calls = []
+    monkeypatch.setattr(du.dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(du.dist, "init_process_group", lambda *a, **k: calls.append((a, k)))
+    monkeypatch.setenv("RANK_SIZE", "4")
+    du.init("cpu", rank_id=2)
+    assert calls == [(("gloo",), {"init_method": "env://", "rank": 2, "world_size": 4})]
+    assert (os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"]) == ("127.0.0.1", "29688")
+
+
+def free_port():
+    """Returns a TCP port on 127.0.0.1 that is free now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def run_two_ranks(tmp_path, mode):
+    """Runs WORKER as 2 processes launched torchrun-style or seed-style; returns results."""
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    base = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARS}
+    base.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), OMP_NUM_THREADS="1")
+    base["PYTHONPATH"] = os.pathsep.join([REPO, base.get("PYTHONPATH", "")])
+    procs = []
+    for rank in range(2):
+        env = dict(base)
+        if mode == "torchrun":
+            env.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2")
+        else:
+            env.update(RANK_SIZE="2")
+        rank_id = "" if mode == "torchrun" else str(rank)
+        cmd = [sys.executable, str(script), str(tmp_path), rank_id]
+        procs.append(subprocess.Popen(cmd, env=env, cwd=REPO, stderr=subprocess.PIPE))
+    errors = [proc.communicate()[1].decode() for proc in procs]
+    assert [proc.returncode for proc in procs] == [0, 0], "\n".join(errors)
+    return [torch.load(tmp_path / "rank{}.pyth".format(r), weights_only=True) for r in range(2)]
+
+
+def expected_weights():
+    """Computes the DDP step on one process: rank 0's weights, gradients averaged."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 2)
+    grads = []
+    for rank in range(2):
+        torch.manual_seed(100 + rank)
+        grads.append(
+            torch.autograd.grad(model(torch.randn(8, 4)).pow(2).mean(), model.parameters())
+        )
+    return [p.detach() - 0.1 * (g0 + g1) / 2 for p, g0, g1 in zip(model.parameters(), *grads)]
+
+
+@pytest.mark.parametrize("mode", ["torchrun", "seed"])
+def test_two_process_gloo(tmp_path, mode):
+    results = run_two_ranks(tmp_path, mode)
+    assert [(r["rank"], r["world_size"], r["main"], r["ddp"]) for r in results] == [
+        (0, 2, True, True),
+        (1, 2, False, True),
+    ]
+    for r in results:
+        torch.testing.assert_close(r["mean"], torch.tensor([0.5, 1.0]))
+        torch.testing.assert_close(r["total"], torch.tensor([3.0]))
+    for w0, w1, expected in zip(results[0]["weights"], results[1]["weights"], expected_weights()):
+        assert torch.equal(w0, w1)
+        torch.testing.assert_close(w0, expected)
