@@ -6,8 +6,9 @@ import difflib
 import os
 
 import yaml
-from pycls.core.errors import PyclsError
 from yacs.config import CfgNode
+
+from pycls.core.errors import PyclsError
 
 # Global config object; example usage: from pycls.core.config import cfg
 _C = CfgNode()
@@ -329,6 +330,9 @@ _C.DATA_LOADER.PIN_MEMORY = True
 # Stop the run when more than this fraction of an epoch's images are unreadable
 _C.DATA_LOADER.MAX_BAD_FRACTION = 0.01
 
+# Epoch length of TRAIN/TEST.DATASET synthetic (0: ImageNet's 1281167 train / 50000 val)
+_C.DATA_LOADER.SYNTHETIC_LENGTH = 0
+
 
 # --------------------------------- Device options ----------------------------------- #
 # Device to run on: auto (npu, then gpu, then cpu), cpu, gpu or npu
@@ -528,7 +532,7 @@ def merge_from_file(path):
     except yaml.YAMLError as e:
         line = getattr(getattr(e, "problem_mark", None), "line", None)
         at = " at line {}".format(line + 1) if line is not None else ""
-        raise PyclsError("config {} is not valid YAML{}; fix its syntax".format(path, at))
+        raise PyclsError("config {} is not valid YAML{}; fix its syntax".format(path, at)) from None
     _merge_dict(data, path)
 
 

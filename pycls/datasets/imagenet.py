@@ -1,0 +1,227 @@
+"""Image folder dataset in ImageNet layout: DATA_PATH/<split>/<class>/<image>.
+
+Classes are the sorted names of the split's sub-folders; images are the files below them with
+an image extension (any case), hidden files and folders left out. An unreadable image is
+logged once, counted (across DataLoader workers, see BadFiles) and replaced by the next
+readable one, so a few corrupt files do not end a long run.
+"""
+
+import io
+import logging
+import os
+import warnings
+
+import numpy as np
+import torch
+import torch.utils.data
+from PIL import Image, UnidentifiedImageError
+
+from pycls.core.errors import PyclsError
+
+# libjpeg-turbo straight to a tensor is faster than PIL (benchmarks/loader.py); PIL is the fallback
+try:
+    from torchvision.io import ImageReadMode, decode_jpeg
+except ImportError:  # torchvision deprecated its decoders in 0.29 and may drop them
+    decode_jpeg = None
+
+logger = logging.getLogger(__name__)
+
+# File extensions read as images (compared in lower case)
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+# An image is replaced by the next readable one among this many (else the data set is broken)
+_MAX_TRIES = 50
+
+# How many names an error message lists
+_MAX_NAMES = 10
+
+# Start of every JPEG file
+_JPEG_MAGIC = b"\xff\xd8\xff"
+
+# Decode mode of torchvision's JPEG decoder (CMYK and grey come out as RGB)
+_RGB = ImageReadMode.RGB if decode_jpeg is not None else None
+
+
+def _names(names):
+    """Joins a few names for a message, saying how many more there are."""
+    names = sorted(names)
+    more = len(names) - _MAX_NAMES
+    return ", ".join(names[:_MAX_NAMES]) + (" and {} more".format(more) if more > 0 else "")
+
+
+def _to_rgb(im):
+    """Converts a PIL image of any mode (L, P, RGBA, CMYK, I;16, ...) to RGB."""
+    if im.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N"):
+        # 16-bit grey: scale to 8 bits (a plain convert would clip at 255)
+        arr = np.asarray(im, dtype=np.float32) / 257.0
+        im = Image.fromarray(np.clip(arr + 0.5, 0, 255).astype(np.uint8), "L")
+    elif im.mode == "P" and "transparency" in im.info:
+        im = im.convert("RGBA")
+    return im.convert("RGB")
+
+
+def _decode_pil(data):
+    """Decodes image bytes with PIL into an RGB uint8 CHW tensor."""
+    with Image.open(io.BytesIO(data)) as im:
+        arr = np.array(_to_rgb(im), dtype=np.uint8)
+    return torch.from_numpy(arr).permute(2, 0, 1)
+
+
+def decode_image(data):
+    """Decodes image bytes into an RGB uint8 CHW tensor (libjpeg-turbo for JPEG, else PIL)."""
+    if not data:
+        raise ValueError("empty file")
+    if decode_jpeg is not None and data.startswith(_JPEG_MAGIC):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                return decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=_RGB)
+        except RuntimeError:
+            pass  # let PIL decode it or say why it cannot
+    return _decode_pil(data)
+
+
+def load_image(path):
+    """Reads an image file into an RGB uint8 CHW tensor; raises on an unreadable file."""
+    with open(path, "rb") as f:
+        data = f.read()
+    return decode_image(data)
+
+
+def split_path(data_path, split):
+    """Returns DATA_PATH/split, or raises a PyclsError saying what is missing and the fix."""
+    fix = "pass --data_path DIR (or set DATA_LOADER.DATA_PATH) for a folder with train/ and val/"
+    if not data_path:
+        raise PyclsError("no data path is set; {}".format(fix))
+    if not os.path.isdir(data_path):
+        what = "is not a folder" if os.path.exists(data_path) else "does not exist"
+        raise PyclsError("data path {} {}; {}".format(data_path, what, fix))
+    path = os.path.join(data_path, split)
+    if not os.path.isdir(path):
+        msg = "data path {} has no {}/ folder; put the {} images in {}/<class>/<image>"
+        raise PyclsError(msg.format(data_path, split, split, path))
+    return path
+
+
+def find_classes(path):
+    """Returns the sorted names of the (non-hidden) class folders in a split folder."""
+    with os.scandir(path) as entries:
+        classes = sorted(e.name for e in entries if e.is_dir() and not e.name.startswith("."))
+    if not classes:
+        msg = "{} has no class folders; put the images in {}/<class>/<image>"
+        raise PyclsError(msg.format(path, path))
+    return classes
+
+
+def check_same_classes(data_path, split, other_split):
+    """Raises a PyclsError naming the differing classes when two splits' classes differ."""
+    first, second = sorted((split, other_split))
+    ours = set(find_classes(split_path(data_path, first)))
+    theirs = set(find_classes(split_path(data_path, second)))
+    if ours != theirs:
+        only = []
+        for name, names in ((first, ours - theirs), (second, theirs - ours)):
+            if names:
+                only.append("only in {}: {}".format(name, _names(names)))
+        msg = "the classes of {}/{} and {}/{} differ ({}); give both splits the same class folders"
+        raise PyclsError(msg.format(data_path, first, data_path, second, "; ".join(only)))
+
+
+def _find_images(class_path):
+    """Lists the image files (relative paths, sorted) below a class folder, skipping hidden."""
+    found = []
+    for root, dirs, files in os.walk(class_path, followlinks=True):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        rel = os.path.relpath(root, class_path)
+        for name in sorted(files):
+            if not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS):
+                found.append(os.path.normpath(os.path.join(rel, name)))
+    return found
+
+
+class BadFiles:
+    """Logs unreadable images once and counts them per epoch across DataLoader workers.
+
+    The counts live in shared memory, one slot per process (slot 0 for the main process,
+    slot k + 1 for worker k), so each slot has a single writer and needs no lock. The main
+    process reads the sum once the workers have delivered their batches, and resets it.
+    """
+
+    def __init__(self, num_files, num_workers=0):
+        self.logged = torch.zeros(num_files, dtype=torch.uint8).share_memory_()
+        self.counts = torch.zeros(num_workers + 1, dtype=torch.int64).share_memory_()
+
+    def add(self, index, path, reason, count):
+        """Logs a bad file (once per file) and counts it when `count` is set."""
+        if not self.logged[index]:
+            self.logged[index] = 1
+            logger.warning("unreadable image %s (%s); using another image instead", path, reason)
+        if count:
+            info = torch.utils.data.get_worker_info()
+            slot = 0 if info is None else (info.id + 1) % len(self.counts)
+            self.counts[slot] += 1
+
+    def count(self):
+        """Returns the number of bad files met since the last reset (all workers)."""
+        return int(self.counts.sum())
+
+    def reset(self):
+        """Sets the count back to zero (at the start of an epoch)."""
+        self.counts.zero_()
+
+
+class ImageNet(torch.utils.data.Dataset):
+    """Images of DATA_PATH/<split>/<class>/ with the class index as label."""
+
+    def __init__(self, data_path, split, transform, num_workers=0):
+        self.root = split_path(data_path, split)
+        self.split = split
+        self.classes = find_classes(self.root)
+        self.transform = transform
+        paths, labels, empty = [], [], []
+        for label, name in enumerate(self.classes):
+            found = _find_images(os.path.join(self.root, name))
+            empty += [] if found else [name]
+            paths += [os.path.join(name, p) for p in found]
+            labels += [label] * len(found)
+        if not paths:
+            exts = ", ".join(e[1:] for e in IMAGE_EXTENSIONS)
+            msg = "{} holds no images ({}); put them in {}/<class>/<image>"
+            raise PyclsError(msg.format(self.root, exts, self.root))
+        if empty:
+            logger.warning("%s: classes without images: %s", self.root, _names(empty))
+        # One bytes blob plus offsets instead of a list of str: workers share it untouched
+        encoded = [os.fsencode(p) for p in paths]
+        self._blob = b"".join(encoded)
+        self._offsets = np.cumsum([0] + [len(e) for e in encoded], dtype=np.int64)
+        self.labels = np.array(labels, dtype=np.int64)
+        self.bad_files = BadFiles(len(paths), num_workers)
+        logger.info("%s: %d images in %d classes", self.root, len(paths), len(self.classes))
+
+    def __len__(self):
+        return len(self.labels)
+
+    def path(self, index):
+        """Returns the file path of an image."""
+        start, end = self._offsets[index], self._offsets[index + 1]
+        return os.path.join(self.root, os.fsdecode(self._blob[start:end]))
+
+    def __getitem__(self, index):
+        for attempt in range(_MAX_TRIES):
+            i = (index + attempt) % len(self)
+            try:
+                im = load_image(self.path(i))
+            except Exception as e:  # any failure to read or decode makes the file bad
+                self.bad_files.add(i, self.path(i), _reason(e), count=attempt == 0)
+                continue
+            return self.transform(im), int(self.labels[i])
+        msg = "{} images in a row from {} on are unreadable; check the files under {}"
+        raise PyclsError(msg.format(_MAX_TRIES, self.path(index), self.root))
+
+
+def _reason(error):
+    """Returns a short reason for a failed read."""
+    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    if isinstance(error, UnidentifiedImageError):
+        text = "cannot identify the image format"
+    return "{}: {}".format(type(error).__name__, text) if text else type(error).__name__

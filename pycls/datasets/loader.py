@@ -1,0 +1,243 @@
+"""Data loaders: datasets from cfg, distributed samplers, seeding and the bad-file budget.
+
+Seeding: each process's loader has a torch Generator seeded with RNG_SEED + rank (re-seeded
+per epoch by shuffle); it orders the samples and seeds the workers, so augmentations differ
+across workers and ranks but repeat for one RNG_SEED. With NUM_WORKERS 0 the transforms draw
+from a private RNG stream seeded from that Generator, leaving the global RNG to the model.
+"""
+
+import logging
+import os
+import random
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader
+from torch.utils.data.distributed import DistributedSampler
+
+from pycls.core.config import cfg
+from pycls.core.errors import PyclsError
+from pycls.datasets import synthetic, transforms
+from pycls.datasets.imagenet import ImageNet, check_same_classes, split_path
+
+logger = logging.getLogger(__name__)
+
+# Valid values of TRAIN.DATASET and TEST.DATASET
+DATASETS = ("imagenet", "synthetic")
+
+# Seeds of one rank's epochs are this far apart (more than any world size)
+_EPOCH_SEED_STRIDE = 1 << 20
+
+
+class Loader(DataLoader):
+    """A DataLoader that stops the run when too many of an epoch's images are unreadable."""
+
+    def __init__(self, dataset, seed, max_bad_fraction, **kwargs):
+        super().__init__(dataset, **kwargs)
+        self.seed = seed
+        self.max_bad_fraction = max_bad_fraction
+
+    def epoch_size(self):
+        """Returns the number of samples this process loads in an epoch."""
+        return len(self) * self.batch_size if self.drop_last else len(self.sampler)
+
+    def __iter__(self):
+        # Each pass counts its own bad files (a pass left early may leave a few prefetched
+        # batches to the workers, whose bad files then count in the next pass)
+        bad_files = getattr(self.dataset, "bad_files", None)
+        if bad_files is not None:
+            bad_files.reset()
+        batches = super().__iter__()
+        if self.num_workers == 0:
+            seed = int(torch.randint(1 << 62, (), generator=self.generator))
+            batches = _with_private_rng(batches, seed)
+        total = self.epoch_size()
+        try:
+            for batch in batches:
+                if bad_files is not None and bad_files.count() / total > self.max_bad_fraction:
+                    raise _too_many_bad(bad_files.count(), total, self)
+                yield batch
+        except PyclsError as e:
+            # An error from a worker comes wrapped in its traceback: keep its one line. Drop
+            # the traceback too: DataLoader's reraise frame holds the error, a reference
+            # cycle that would keep the workers alive until the GC finds it.
+            e.__traceback__ = None
+            raise PyclsError(str(e).strip().splitlines()[-1].split("PyclsError: ")[-1]) from None
+
+
+def _with_private_rng(batches, seed):
+    """Fetches batches with torch's CPU RNG swapped for a private stream started at seed."""
+    state = torch.Generator().manual_seed(seed).get_state()
+    while True:
+        with torch.random.fork_rng(devices=[]):
+            torch.set_rng_state(state)
+            batch = next(batches, None)
+            state = torch.get_rng_state()
+        if batch is None:
+            return
+        yield batch
+
+
+def _too_many_bad(count, total, data_loader):
+    """Builds the error for an epoch with more bad files than DATA_LOADER.MAX_BAD_FRACTION."""
+    msg = (
+        "{} of the {} images of this epoch in {} are unreadable ({:.2%}), more than "
+        "DATA_LOADER.MAX_BAD_FRACTION {}; fix or remove the files named in the warnings, "
+        "or raise DATA_LOADER.MAX_BAD_FRACTION"
+    )
+    root, fraction = data_loader.dataset.root, data_loader.max_bad_fraction
+    return PyclsError(msg.format(count, total, root, count / total, fraction))
+
+
+def _worker_init_fn(worker_id):
+    """Seeds python's and numpy's RNGs of a worker from its torch seed (base seed + id)."""
+    seed = torch.initial_seed()
+    random.seed(seed)
+    np.random.seed(seed % (1 << 32))
+
+
+def _rank_and_world_size(rank, world_size):
+    """Returns (rank, world size): as given, else from torch.distributed, else (0, 1)."""
+    initialised = dist.is_available() and dist.is_initialized()
+    if rank is None:
+        rank = dist.get_rank() if initialised else 0
+    if world_size is None:
+        world_size = dist.get_world_size() if initialised else 1
+    return rank, world_size
+
+
+def _num_workers():
+    """Returns DATA_LOADER.NUM_WORKERS capped at the CPUs this process may use."""
+    wanted = cfg.DATA_LOADER.NUM_WORKERS
+    if hasattr(os, "sched_getaffinity"):
+        cpus = len(os.sched_getaffinity(0))
+    else:
+        cpus = os.cpu_count() or 1
+    if wanted > cpus:
+        msg = "DATA_LOADER.NUM_WORKERS %d is more than the %d CPUs available; using %d"
+        logger.warning(msg, wanted, cpus, cpus)
+        return cpus
+    return wanted
+
+
+def _has_accelerator(device):
+    """Says whether batches go to an accelerator (cuda or npu), so pinning memory pays."""
+    if device is None:
+        npu = getattr(torch, "npu", None)
+        return torch.cuda.is_available() or bool(npu is not None and npu.is_available())
+    kind = device.split(":")[0] if isinstance(device, str) else device.type
+    return kind in ("cuda", "gpu", "npu")
+
+
+def _per_process_batch(key, batch_size, world_size):
+    """Returns the batch size of one process, or raises when it does not divide evenly."""
+    if batch_size % world_size:
+        msg = "{} {} does not divide by the {} processes; set {} to a multiple of {}"
+        raise PyclsError(msg.format(key, batch_size, world_size, key, world_size))
+    return batch_size // world_size
+
+
+def _synthetic_length(train):
+    """Returns the epoch length of the synthetic data (see pycls.datasets.synthetic)."""
+    length = cfg.DATA_LOADER.SYNTHETIC_LENGTH
+    if length > 0:
+        return length
+    return synthetic.TRAIN_LENGTH if train else synthetic.TEST_LENGTH
+
+
+def _check_num_classes(dataset):
+    """Checks that MODEL.NUM_CLASSES covers the data set's classes."""
+    found, num_classes = len(dataset.classes), cfg.MODEL.NUM_CLASSES
+    if found > num_classes:
+        msg = "{} has {} classes but MODEL.NUM_CLASSES is {}; set MODEL.NUM_CLASSES {}"
+        raise PyclsError(msg.format(dataset.root, found, num_classes, found))
+    if found < num_classes:
+        logger.warning(
+            "%s has %d classes; MODEL.NUM_CLASSES is %d", dataset.root, found, num_classes
+        )
+
+
+def _construct_dataset(name, key, split, other_split, train, num_workers):
+    """Builds the dataset named by TRAIN.DATASET / TEST.DATASET."""
+    if name == "synthetic":
+        im_size, num_classes = cfg.TRAIN.IM_SIZE, cfg.MODEL.NUM_CLASSES
+        return synthetic.Synthetic(_synthetic_length(train), im_size, num_classes, cfg.RNG_SEED)
+    if name != "imagenet":
+        raise PyclsError("{} is {!r}; choose one of {}".format(key, name, ", ".join(DATASETS)))
+    data_path = cfg.DATA_LOADER.DATA_PATH
+    split_path(data_path, split)
+    if other_split != split and os.path.isdir(os.path.join(data_path, other_split)):
+        check_same_classes(data_path, split, other_split)
+    if train:
+        transform = transforms.train_transform(
+            cfg.TRAIN.IM_SIZE, cfg.TRAIN.AUGMENT, cfg.TRAIN.PCA_STD
+        )
+    else:
+        transform = transforms.test_transform(cfg.TEST.IM_SIZE, cfg.TRAIN.IM_SIZE)
+    dataset = ImageNet(data_path, split, transform, num_workers)
+    _check_num_classes(dataset)
+    return dataset
+
+
+def _construct_loader(train, device, rank, world_size):
+    """Builds the train or test loader of this process from cfg."""
+    rank, world_size = _rank_and_world_size(rank, world_size)
+    sec, other = (cfg.TRAIN, cfg.TEST) if train else (cfg.TEST, cfg.TRAIN)
+    prefix = "TRAIN" if train else "TEST"
+    key_batch, key_dataset = prefix + ".BATCH_SIZE", prefix + ".DATASET"
+    batch_size = _per_process_batch(key_batch, sec.BATCH_SIZE, world_size)
+    num_workers = _num_workers()
+    dataset = _construct_dataset(
+        sec.DATASET, key_dataset, sec.SPLIT, other.SPLIT, train, num_workers
+    )
+    sampler = None
+    if world_size > 1:
+        sampler = DistributedSampler(dataset, world_size, rank, shuffle=train, seed=cfg.RNG_SEED)
+    seed = cfg.RNG_SEED + rank
+    data_loader = Loader(
+        dataset,
+        seed,
+        cfg.DATA_LOADER.MAX_BAD_FRACTION,
+        batch_size=batch_size,
+        shuffle=train and sampler is None,
+        sampler=sampler,
+        num_workers=num_workers,
+        pin_memory=cfg.DATA_LOADER.PIN_MEMORY and _has_accelerator(device),
+        drop_last=train,
+        persistent_workers=num_workers > 0,
+        worker_init_fn=_worker_init_fn,
+        generator=torch.Generator().manual_seed(seed),
+    )
+    if len(data_loader) == 0:  # drop_last with fewer images than one batch
+        msg = "{} {} gives batches of {} per process, more than the {} images it gets; lower {}"
+        per_process = len(data_loader.sampler)
+        raise PyclsError(msg.format(key_batch, sec.BATCH_SIZE, batch_size, per_process, key_batch))
+    return data_loader
+
+
+def construct_train_loader(device=None, rank=None, world_size=None):
+    """Builds the train loader (shuffled, last incomplete batch dropped)."""
+    return _construct_loader(True, device, rank, world_size)
+
+
+def construct_test_loader(device=None, rank=None, world_size=None):
+    """Builds the test loader (in order, every sample kept)."""
+    return _construct_loader(False, device, rank, world_size)
+
+
+def shuffle(loader, cur_epoch):
+    """Starts an epoch: reshuffles the samples (per epoch seed) and resets the bad-file count."""
+    if isinstance(loader.sampler, DistributedSampler):
+        loader.sampler.set_epoch(cur_epoch)
+    if isinstance(loader, Loader):
+        loader.generator.manual_seed(loader.seed + cur_epoch * _EPOCH_SEED_STRIDE)
+    bad_files = getattr(loader.dataset, "bad_files", None)
+    if bad_files is not None:
+        bad_files.reset()
+
+
+def bad_file_count(loader):
+    """Returns the number of unreadable images met in the current (or last) pass, all workers."""
+    bad_files = getattr(loader.dataset, "bad_files", None)
+    return 0 if bad_files is None else bad_files.count()

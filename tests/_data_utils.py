@@ -1,0 +1,63 @@
+"""Helpers for the data tests: tiny image folders, bad files and the demo data tool."""
+
+import importlib.util
+import os
+
+import numpy as np
+from PIL import Image
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def save_image(path, size=(12, 10), mode="RGB", seed=0, **kwargs):
+    """Writes a random image of a PIL mode to path (format from the extension)."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    rng = np.random.default_rng(seed)
+    arr = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    im = Image.fromarray(arr, "RGB")
+    if mode == "I;16":
+        im = Image.fromarray(rng.integers(0, 65536, (size[1], size[0])).astype(np.uint16))
+    elif mode != "RGB":
+        im = im.convert(mode)
+    im.save(path, **kwargs)
+    return path
+
+
+def make_image_folder(root, classes=("a", "b"), counts=None, size=(12, 10)):
+    """Writes root/<split>/<class>/<i>.jpg for each split in counts ({split: per class})."""
+    counts = counts or {"train": 6, "val": 3}
+    for split, per_class in counts.items():
+        for c, name in enumerate(classes):
+            for i in range(per_class):
+                path = os.path.join(root, split, name, "{}.jpg".format(i))
+                save_image(path, size, seed=100 * c + i)
+    return root
+
+
+def write_bad_file(path, kind):
+    """Writes a bad image file: 'truncated' JPEG, 'text' or 'empty'."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    if kind == "truncated":
+        save_image(path, size=(64, 48), quality=95)
+        with open(path, "rb") as f:
+            data = f.read()
+        data = data[: len(data) // 2]
+    else:
+        data = b"this is not an image\n" if kind == "text" else b""
+    with open(path, "wb") as f:
+        f.write(data)
+    return path
+
+
+def load_tool(name):
+    """Imports tools/<name>.py as a module."""
+    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "tools", name + ".py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def write_demo_data(out_dir, size=16):
+    """Writes the digits demo data set (tools/make_demo_data.py) and returns out_dir."""
+    load_tool("make_demo_data").write_demo_data(str(out_dir), size=size)
+    return str(out_dir)
