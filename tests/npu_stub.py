@@ -12,10 +12,6 @@ import types
 import torch
 
 
-def rename_privateuse1():
-    """Names PyTorch's PrivateUse1 backend "npu" (idempotent within a process)."""
-    if torch._C._get_privateuse1_backend_name() != "npu":
-        torch.utils.rename_privateuse1_backend("npu")
 
 
 class NpuModule(types.ModuleType):
@@ -65,6 +61,18 @@ class NpuModule(types.ModuleType):
         return False
 
 
+def rename_privateuse1():
+    """Names PyTorch's PrivateUse1 backend "npu" (idempotent within a process).
+
+    The rename outlives the test, and torch then expects a torch.npu module (torch.load,
+    RNG forks and pin_memory look it up), so an absent device's module stays registered.
+    """
+    if torch._C._get_privateuse1_backend_name() != "npu":
+        torch.utils.rename_privateuse1_backend("npu")
+    if getattr(torch, "npu", None) is None:
+        torch._register_device_module("npu", NpuModule(available=False, count=0))
+
+
 def install(monkeypatch, available=True, count=8):
     """Installs stub torch_npu and torch.npu for one test; returns the torch.npu stub."""
     rename_privateuse1()
@@ -79,7 +87,7 @@ def install(monkeypatch, available=True, count=8):
 def uninstall(monkeypatch):
     """Makes `import torch_npu` fail as if it were not installed, for one test."""
     monkeypatch.setitem(sys.modules, "torch_npu", None)
-    monkeypatch.delattr(torch, "npu", raising=False)
+    monkeypatch.setattr(torch, "npu", NpuModule(available=False, count=0), raising=False)
 
 
 class _BrokenFinder:
@@ -95,5 +103,5 @@ class _BrokenFinder:
 def install_broken(monkeypatch):
     """Makes `import torch_npu` fail with a missing CANN library, for one test."""
     monkeypatch.delitem(sys.modules, "torch_npu", raising=False)
-    monkeypatch.delattr(torch, "npu", raising=False)
+    monkeypatch.setattr(torch, "npu", NpuModule(available=False, count=0), raising=False)
     monkeypatch.setattr(sys, "meta_path", [_BrokenFinder()] + sys.meta_path)

@@ -1,11 +1,12 @@
 """Times the model's passes and the data loaders (tools/time_net.py)."""
 
+import torch
+
 import pycls.core.device as devices
 import pycls.core.distributed as dist
 import pycls.core.logging as logging
 import pycls.core.net as net
 import pycls.datasets.loader as data_loader
-import torch
 from pycls.core.config import cfg
 from pycls.core.timer import Timer
 

@@ -5,6 +5,8 @@ import os
 import random
 
 import numpy as np
+import torch
+
 import pycls.core.benchmark as benchmark
 import pycls.core.builders as builders
 import pycls.core.checkpoint as cp
@@ -16,7 +18,6 @@ import pycls.core.meters as meters
 import pycls.core.net as net
 import pycls.core.optimizer as optim
 import pycls.datasets.loader as data_loader
-import torch
 from pycls.core.amp import Amp
 from pycls.core.config import cfg
 from pycls.core.errors import PyclsError
@@ -29,7 +30,6 @@ def setup_env(rank_id=None, device_id=None):
     config.assert_cfg()
     device = dist.init(cfg.DEVICE, rank_id=rank_id, device_id=device_id)
     if dist.is_main_proc():
-        os.makedirs(cfg.OUT_DIR, exist_ok=True)
         cp.check_out_dir()
         config.dump_cfg()
     logging.setup_logging()
@@ -45,21 +45,13 @@ def setup_env(rank_id=None, device_id=None):
     return device
 
 
-def memory_format(device):
-    """Returns the activation memory format for MODEL.MEMORY_FORMAT on this device."""
-    choice = cfg.MODEL.MEMORY_FORMAT
-    if choice == "auto":
-        choice = "channels_last" if devices.has_accelerator(device) else "contiguous"
-    return torch.channels_last if choice == "channels_last" else torch.contiguous_format
-
-
 def setup_model(device):
     """Builds the model on the device and logs its complexity."""
     model = builders.build_model()
     if cfg.VERBOSE:
         logger.info("Model:\n{}".format(model))
     logger.info(logging.dump_log_data(net.complexity(model), "complexity"))
-    return model.to(device, memory_format=memory_format(device))
+    return model.to(device, memory_format=devices.memory_format(device))
 
 
 def load_start_state(model, model_ema, optimizer, amp):
@@ -89,6 +81,16 @@ def check_finite(stats, where):
         raise PyclsError(msg.format(stats["loss"], where))
 
 
+def train_step(model, loss_fun, optimizer, amp, inputs, labels_one_hot):
+    """Runs one optimisation step; returns the detached predictions and loss."""
+    with amp.autocast():
+        preds = model(inputs)
+        loss = loss_fun(preds, labels_one_hot)
+    optimizer.zero_grad(set_to_none=True)
+    amp.backward_step(loss, optimizer, model, cfg.OPTIM.GRAD_CLIP)
+    return preds.detach(), loss.detach()
+
+
 def train_epoch(loader, model, model_ema, loss_fun, optimizer, amp, meter, cur_epoch, device):
     """Performs one epoch of training."""
     data_loader.shuffle(loader, cur_epoch)
@@ -97,7 +99,7 @@ def train_epoch(loader, model, model_ema, loss_fun, optimizer, amp, meter, cur_e
     model.train()
     if model_ema is not None:
         model_ema.train()
-    fmt = memory_format(device)
+    fmt = devices.memory_format(device)
     meter.reset()
     meter.iter_tic()
     for cur_iter, (inputs, labels) in enumerate(loader):
@@ -105,15 +107,11 @@ def train_epoch(loader, model, model_ema, loss_fun, optimizer, amp, meter, cur_e
         labels = labels.to(device, non_blocking=True)
         labels_one_hot = net.smooth_one_hot_labels(labels)
         inputs, labels_one_hot, labels = net.mixup(inputs, labels_one_hot)
-        with amp.autocast():
-            preds = model(inputs)
-            loss = loss_fun(preds, labels_one_hot)
-        optimizer.zero_grad(set_to_none=True)
-        amp.backward_step(loss, optimizer, model, cfg.OPTIM.GRAD_CLIP)
+        preds, loss = train_step(model, loss_fun, optimizer, amp, inputs, labels_one_hot)
         net.update_model_ema(net.unwrap_model(model), model_ema, cur_epoch, cur_iter)
-        top1_err, top5_err = meters.topk_errors(preds.detach(), labels, [1, 5])
+        top1_err, top5_err = meters.topk_errors(preds, labels, [1, 5])
         meter.iter_toc()
-        meter.update_stats(top1_err, top5_err, loss.detach(), lr, inputs.size(0))
+        meter.update_stats(top1_err, top5_err, loss, lr, inputs.size(0))
         stats = meter.log_iter_stats(cur_epoch, cur_iter)
         check_finite(stats, "epoch {} iter {}".format(cur_epoch + 1, cur_iter + 1))
         meter.iter_tic()
@@ -126,7 +124,7 @@ def train_epoch(loader, model, model_ema, loss_fun, optimizer, amp, meter, cur_e
 def test_epoch(loader, model, amp, meter, cur_epoch, device):
     """Evaluates the model on the test set; returns the top-1 error."""
     model.eval()
-    fmt = memory_format(device)
+    fmt = devices.memory_format(device)
     meter.reset()
     meter.iter_tic()
     for cur_iter, (inputs, labels) in enumerate(loader):
@@ -153,12 +151,9 @@ def profile_steps(loader, model, loss_fun, optimizer, amp, device):
         for cur_iter, (inputs, labels) in enumerate(loader):
             if cur_iter >= steps + 1:
                 break
-            inputs = inputs.to(device, memory_format=memory_format(device))
+            inputs = inputs.to(device, memory_format=devices.memory_format(device))
             labels_one_hot = net.smooth_one_hot_labels(labels.to(device))
-            with amp.autocast():
-                loss = loss_fun(model(inputs), labels_one_hot)
-            optimizer.zero_grad(set_to_none=True)
-            amp.backward_step(loss, optimizer, model, cfg.OPTIM.GRAD_CLIP)
+            train_step(model, loss_fun, optimizer, amp, inputs, labels_one_hot)
             prof.step()
     devices.synchronize(device)
     prof.export_chrome_trace(path)
@@ -169,6 +164,8 @@ def train_model(rank_id=None, device_id=None):
     """Trains the model, evaluating and checkpointing after every epoch."""
     device = setup_env(rank_id, device_id)
     model = setup_model(device)
+    if dist.is_main_proc():
+        cp.check_out_dir(min_free_bytes=2 * cp.estimate_checkpoint_bytes(model))
     loss_fun = builders.build_loss_fun().to(device)
     optimizer = optim.construct_optimizer(model, device)
     amp = Amp(device)

@@ -1,0 +1,534 @@
+"""Checkpoints (pycls format): atomic saves, a best copy, pruning and safe loads.
+
+A checkpoint is a dict with pycls's keys (epoch, model_state, optimizer_state, cfg) plus what
+resuming needs (ema_state, amp_state, rng_state, test_err, ema_err, best_err). Files are
+OUT_DIR/checkpoints/model_epoch_XXXX.pyth (epochs counted from 1) and model_best.pyth. Every
+load uses torch.load(weights_only=True): a file holding arbitrary Python objects is refused.
+"""
+
+import os
+import random
+import re
+import shutil
+import uuid
+import warnings
+
+import numpy as np
+import torch
+import yaml
+
+import pycls.core.distributed as dist
+import pycls.core.logging as logging
+from pycls.core.config import cfg
+from pycls.core.errors import PyclsError
+
+logger = logging.get_logger(__name__)
+
+# Checkpoints folder (in OUT_DIR) and file names
+_DIR_NAME = "checkpoints"
+_NAME_PREFIX = "model_epoch_"
+_NAME_RE = re.compile(r"^model_epoch_(\d+)\.pyth$")
+_BEST_NAME = "model_best.pyth"
+
+# Temporary files start with this (and never match _NAME_RE)
+_TMP_PREFIX = ".tmp_"
+
+# Wrapper prefixes stripped from state dict keys (DDP, torch.compile)
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+
+# Keys a file must hold to count as a checkpoint
+_REQUIRED_KEYS = ("epoch", "model_state")
+
+# BN batch counter: files older than PyTorch 0.4.1 lack it
+_BN_COUNTER = "num_batches_tracked"
+
+# Most key names listed in a mismatch error
+_MAX_NAMES = 10
+
+
+def get_checkpoint_dir(out_dir=None):
+    """Returns the checkpoints folder (OUT_DIR/checkpoints)."""
+    return os.path.join(cfg.OUT_DIR if out_dir is None else out_dir, _DIR_NAME)
+
+
+def get_checkpoint(epoch, out_dir=None):
+    """Returns the path of the checkpoint of an epoch (counted from 1)."""
+    name = "{}{:04d}.pyth".format(_NAME_PREFIX, epoch)
+    return os.path.join(get_checkpoint_dir(out_dir), name)
+
+
+def get_checkpoint_best(out_dir=None):
+    """Returns the path of the best checkpoint."""
+    return os.path.join(get_checkpoint_dir(out_dir), _BEST_NAME)
+
+
+def _epoch_checkpoints(out_dir=None):
+    """Returns [(epoch, path)] of the epoch checkpoints, oldest first (temp files skipped)."""
+    checkpoint_dir = get_checkpoint_dir(out_dir)
+    if not os.path.isdir(checkpoint_dir):
+        return []
+    matches = [(_NAME_RE.match(f), f) for f in os.listdir(checkpoint_dir)]
+    found = [(int(m.group(1)), os.path.join(checkpoint_dir, f)) for m, f in matches if m]
+    return sorted(found)
+
+
+def get_last_checkpoint(out_dir=None):
+    """Returns the path of the newest epoch checkpoint, or None when there is none."""
+    found = _epoch_checkpoints(out_dir)
+    return found[-1][1] if found else None
+
+
+def has_checkpoint(out_dir=None):
+    """Tells whether OUT_DIR holds an epoch checkpoint."""
+    return bool(_epoch_checkpoints(out_dir))
+
+
+def estimate_checkpoint_bytes(model, copies=3):
+    """Estimates a checkpoint's size: copies of the model state (model, momentum, EMA)."""
+    state = model.state_dict().values()
+    return copies * sum(t.numel() * t.element_size() for t in state if torch.is_tensor(t))
+
+
+def check_out_dir(min_free_bytes=0):
+    """Creates OUT_DIR/checkpoints; PyclsError if it is not writable or short of space."""
+    checkpoint_dir = get_checkpoint_dir()
+    fix = "set OUT_DIR to a folder you can write"
+    try:
+        os.makedirs(checkpoint_dir, exist_ok=True)
+        probe = _temp_path(os.path.join(checkpoint_dir, "write_probe"))
+        with open(probe, "xb") as f:
+            f.write(b"probe")
+        os.remove(probe)
+    except OSError as e:
+        msg = "output folder {} is not writable ({}); {}"
+        raise PyclsError(msg.format(checkpoint_dir, e.strerror or e, fix)) from e
+    free = shutil.disk_usage(checkpoint_dir).free
+    if free < min_free_bytes:
+        msg = "only {:.0f} MiB free in {}, checkpoints need about {:.0f} MiB; free space or {}"
+        mib = 1024**2
+        raise PyclsError(msg.format(free / mib, checkpoint_dir, min_free_bytes / mib, fix))
+    return checkpoint_dir
+
+
+def _strip_prefixes(key):
+    """Strips wrapper prefixes (module., _orig_mod., also nested) from a state dict key."""
+    stripped = True
+    while stripped:
+        stripped = False
+        for prefix in _WRAPPER_PREFIXES:
+            if key.startswith(prefix):
+                key, stripped = key[len(prefix) :], True
+    return key
+
+
+def _clean_state(state):
+    """Returns a state dict with wrapper prefixes stripped from its keys."""
+    return {_strip_prefixes(k): v for k, v in state.items()}
+
+
+def _unwrap(model):
+    """Returns the bare model under DDP / torch.compile wrappers."""
+    from pycls.core.net import unwrap_model
+
+    return unwrap_model(model)
+
+
+def _list_names(names):
+    """Lists up to _MAX_NAMES names, then 'and N more'."""
+    names = list(names)
+    shown = ", ".join(names[:_MAX_NAMES])
+    more = len(names) - _MAX_NAMES
+    return shown + (" and {} more".format(more) if more > 0 else "")
+
+
+def _check_finite(state, what):
+    """Raises a PyclsError if a floating tensor of a state dict is not finite."""
+    floats = [(k, v) for k, v in state.items() if torch.is_tensor(v) and v.is_floating_point()]
+    if not floats:
+        return
+    device = floats[0][1].device
+    flags = torch.stack([torch.isfinite(v).all().to(device) for _, v in floats])
+    if bool(flags.all()):
+        return
+    bad = [k for (k, _), ok in zip(floats, flags.tolist()) if not ok]
+    msg = "{} weights are not finite ({}), so no checkpoint was written; lower OPTIM.BASE_LR "
+    msg += "or set OPTIM.GRAD_CLIP and resume from the last checkpoint"
+    raise PyclsError(msg.format(what, _list_names(bad)))
+
+
+def _accelerator():
+    """Returns (type, torch module) of an initialised accelerator, else (None, None)."""
+    acc = getattr(torch, "accelerator", None)
+    try:
+        if acc is None or not acc.is_available():
+            return None, None
+        device_type = acc.current_accelerator().type
+    except RuntimeError:  # a device type without its torch module
+        return None, None
+    module = getattr(torch, device_type, None)
+    if module is None or not hasattr(module, "get_rng_state"):
+        return None, None
+    is_initialized = getattr(module, "is_initialized", None)
+    if is_initialized is not None and not is_initialized():
+        return None, None
+    return device_type, module
+
+
+def get_rng_state():
+    """Returns the torch, numpy, python (and accelerator) RNG states as plain tensors/lists."""
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    py_version, py_state, py_gauss = random.getstate()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "name": str(np_name),
+            "keys": torch.from_numpy(np_keys.astype(np.int64)),
+            "pos": int(np_pos),
+            "has_gauss": int(np_has_gauss),
+            "cached_gaussian": float(np_gauss),
+        },
+        "python": {"version": py_version, "state": list(py_state), "gauss_next": py_gauss},
+    }
+    device_type, module = _accelerator()
+    if module is not None:
+        state["accelerator_type"] = device_type
+        state["accelerator"] = module.get_rng_state()
+    return state
+
+
+def _set_rng_state(state):
+    """Sets the RNG states saved by get_rng_state."""
+    torch.set_rng_state(state["torch"])
+    np_state = state["numpy"]
+    np_keys = np_state["keys"].numpy().astype(np.uint32)
+    np_gauss = (np_state["has_gauss"], np_state["cached_gaussian"])
+    np.random.set_state((np_state["name"], np_keys, np_state["pos"], *np_gauss))
+    py_state = state["python"]
+    random.setstate((py_state["version"], tuple(py_state["state"]), py_state["gauss_next"]))
+    device_type, module = _accelerator()
+    if module is not None and state.get("accelerator_type") == device_type:
+        module.set_rng_state(state["accelerator"])
+
+
+def _reseed_for_rank(rank):
+    """Derives distinct, repeatable RNG streams for a non-main rank from the restored ones."""
+    seed = int(torch.randint(0, 2**31 - 1, (1,))) + rank
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def restore_rng_state(extra):
+    """Restores the RNG states of a loaded checkpoint's extra dict; tells whether it did."""
+    state = (extra or {}).get("rng_state")
+    if not state:
+        return False
+    try:
+        _set_rng_state(state)
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        logger.warning("Could not restore the RNG state ({}); keeping fresh seeds".format(e))
+        return False
+    if dist.get_rank() > 0:
+        _reseed_for_rank(dist.get_rank())
+    return True
+
+
+def _temp_path(path):
+    """Returns a unique temporary file path in the folder of path."""
+    folder, name = os.path.split(path)
+    unique = "{}.{}".format(os.getpid(), uuid.uuid4().hex[:8])
+    return os.path.join(folder, "{}{}.{}".format(_TMP_PREFIX, name, unique))
+
+
+def _remove_quietly(path):
+    """Removes a file if it exists."""
+    try:
+        os.remove(path)
+    except OSError:
+        pass
+
+
+def _fsync_dir(folder):
+    """Flushes a folder's entries to disk (where the OS allows it)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _write_atomic(path, write):
+    """Calls write(file) on a temporary file, fsyncs it and renames it to path."""
+    tmp = _temp_path(path)
+    try:
+        with open(tmp, "xb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        _remove_quietly(tmp)
+        msg = "could not write checkpoint {} ({}); free disk space or set OUT_DIR elsewhere"
+        raise PyclsError(msg.format(path, e.strerror or e)) from e
+    except BaseException:
+        _remove_quietly(tmp)
+        raise
+    _fsync_dir(os.path.dirname(path))
+
+
+def _link_atomic(src, dst):
+    """Makes dst a hard link to src (a copy where links fail), replacing dst atomically."""
+    tmp = _temp_path(dst)
+    try:
+        os.link(src, tmp)
+    except OSError:
+        _remove_quietly(tmp)
+        with open(src, "rb") as f_src:
+            _write_atomic(dst, lambda f: shutil.copyfileobj(f_src, f))
+        return
+    os.replace(tmp, dst)
+    _fsync_dir(os.path.dirname(dst))
+
+
+def _epoch_err(test_err, ema_err):
+    """Returns the lower of the model and EMA errors (None ones left out; inf if both)."""
+    errs = [e for e in (test_err, ema_err) if e is not None]
+    return min(errs) if errs else float("inf")
+
+
+def _best_err_so_far():
+    """Returns the error of the best checkpoint, or None without a readable one."""
+    path = get_checkpoint_best()
+    if not os.path.exists(path):
+        return None
+    try:
+        best = _load_file(path, mmap=True)
+    except PyclsError as e:
+        logger.warning("Replacing the unreadable best checkpoint: {}".format(e))
+        return None
+    if best.get("best_err") is not None:
+        return best["best_err"]
+    return _epoch_err(best.get("test_err"), best.get("ema_err"))
+
+
+def _prune():
+    """Deletes all but the newest TRAIN.CHECKPOINT_KEEP epoch checkpoints (best kept)."""
+    keep = cfg.TRAIN.CHECKPOINT_KEEP
+    if keep <= 0:
+        return
+    for _, path in _epoch_checkpoints()[:-keep]:
+        try:
+            os.remove(path)
+        except OSError as e:
+            logger.warning("Could not remove old checkpoint {}: {}".format(path, e))
+            continue
+        logger.info("Removed old checkpoint {} (TRAIN.CHECKPOINT_KEEP {})".format(path, keep))
+
+
+def save_checkpoint(model, model_ema, optimizer, epoch, test_err, ema_err, extra=None):
+    """Saves the checkpoint after epoch index epoch (main process only); returns its path."""
+    # Every process checks the weights (the same on all), so all stop together on NaNs
+    model_state = _clean_state(_unwrap(model).state_dict())
+    _check_finite(model_state, "model")
+    ema_state = None
+    if model_ema is not None:
+        ema_state = _clean_state(_unwrap(model_ema).state_dict())
+        _check_finite(ema_state, "EMA model")
+    if not dist.is_main_proc():
+        return None
+    os.makedirs(get_checkpoint_dir(), exist_ok=True)
+    err, best_err = _epoch_err(test_err, ema_err), _best_err_so_far()
+    is_best = best_err is None or err < best_err
+    checkpoint = {
+        "epoch": epoch,
+        "model_state": model_state,
+        "ema_state": ema_state,
+        "optimizer_state": optimizer.state_dict() if optimizer is not None else None,
+        "cfg": cfg.dump(),
+        "test_err": test_err,
+        "ema_err": ema_err,
+        "best_err": err if is_best else best_err,
+        "amp_state": None,
+        "rng_state": get_rng_state(),
+    }
+    checkpoint.update(extra or {})
+    path = get_checkpoint(epoch + 1)
+    _write_atomic(path, lambda f: torch.save(checkpoint, f))
+    if is_best:
+        _link_atomic(path, get_checkpoint_best())
+    _prune()
+    return path
+
+
+def _unsafe_global(error):
+    """Returns the name of the Python object a weights_only load refused, if any."""
+    match = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(error))
+    return match.group(1) if match else None
+
+
+def _load_error_reason(error):
+    """Returns a short one-line reason for a failed torch.load."""
+    text = str(error)
+    match = re.search(r"WeightsUnpickler error:\s*(\S.*)", text)
+    if match:
+        return "unreadable by safe loading: " + match.group(1).strip()[:80]
+    first = text.strip().splitlines()[0].split(". ")[0] if text.strip() else ""
+    return "{}: {}".format(type(error).__name__, first[:100]) if first else type(error).__name__
+
+
+def _load_file(path, mmap=False):
+    """Loads a checkpoint file safely (weights_only, on the cpu); PyclsError if it can't."""
+    if not os.path.isfile(path):
+        what = "is a folder, not a file" if os.path.isdir(path) else "does not exist"
+        raise PyclsError("checkpoint {} {}; check the path".format(path, what))
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            data = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except Exception as e:
+        name = _unsafe_global(e)
+        if name is not None:
+            msg = "checkpoint {} holds a Python object ({}) that safe loading (weights_only) "
+            msg += "refuses; use a checkpoint of plain tensors, from a source you trust"
+            raise PyclsError(msg.format(path, name)) from e
+        msg = "checkpoint {} is truncated, corrupt or not a checkpoint ({}); use another file"
+        raise PyclsError(msg.format(path, _load_error_reason(e))) from e
+    if not isinstance(data, dict):
+        msg = "checkpoint {} holds a {}, not a dict of weights; use a pycls .pyth file"
+        raise PyclsError(msg.format(path, type(data).__name__))
+    return data
+
+
+def _load_checkpoint_file(path):
+    """Loads a file that must be a checkpoint (with epoch and model_state)."""
+    checkpoint = _load_file(path)
+    missing = [k for k in _REQUIRED_KEYS if k not in checkpoint]
+    if missing:
+        msg = "checkpoint {} has no {}; use a checkpoint written by pycls"
+        raise PyclsError(msg.format(path, " or ".join(missing)))
+    return checkpoint
+
+
+def find_resume_checkpoint():
+    """Returns the newest epoch checkpoint that loads (older ones are tried), or None."""
+    found = _epoch_checkpoints()
+    skipped = []
+    for _, path in reversed(found):
+        try:
+            _load_checkpoint_file(path)
+        except PyclsError as e:
+            logger.warning("Skipping unreadable checkpoint: {}".format(e))
+            skipped.append(path)
+            continue
+        if skipped:
+            msg = "Resuming from {} instead of the unreadable {}"
+            logger.warning(msg.format(path, ", ".join(skipped)))
+        return path
+    if skipped:
+        msg = "no checkpoint in {} loads (all {} are corrupt); delete them or set OUT_DIR elsewhere"
+        raise PyclsError(msg.format(get_checkpoint_dir(), len(skipped)))
+    return None
+
+
+def _made_with(checkpoint):
+    """Describes the config a checkpoint was made with (from its cfg), or ''."""
+    try:
+        model_cfg = yaml.safe_load(checkpoint.get("cfg") or "")["MODEL"]
+        model_type, num_classes = model_cfg["TYPE"], model_cfg.get("NUM_CLASSES", "?")
+    except (yaml.YAMLError, KeyError, TypeError, AttributeError):
+        return ""
+    if not model_type:
+        return ""
+    return " (it was made with MODEL.TYPE {} and MODEL.NUM_CLASSES {})".format(
+        model_type, num_classes
+    )
+
+
+def _mismatches(model_state, state, skip_shapes=False):
+    """Returns (problems, keys with other shapes) between a model's state and a loaded one."""
+    # torch fills in the BN counters that old files (as some of pycls's) lack
+    missing = [k for k in model_state if k not in state and not k.endswith(_BN_COUNTER)]
+    unexpected = [k for k in state if k not in model_state]
+    shapes = [
+        k
+        for k in model_state
+        if k in state and torch.is_tensor(state[k]) and state[k].shape != model_state[k].shape
+    ]
+    problems = []
+    if missing:
+        problems.append("missing keys: " + _list_names(missing))
+    if unexpected:
+        problems.append("unexpected keys: " + _list_names(unexpected))
+    if shapes and not skip_shapes:
+        shown = [
+            "{} (file {}, model {})".format(k, list(state[k].shape), list(model_state[k].shape))
+            for k in shapes
+        ]
+        problems.append("shape mismatches: " + _list_names(shown))
+    return problems, shapes
+
+
+def _load_state(path, model, state, checkpoint, what="", skip_shapes=False):
+    """Loads a state dict strictly into the bare model; returns the keys skipped for shape."""
+    model = _unwrap(model)
+    state = _clean_state(state)
+    problems, shapes = _mismatches(model.state_dict(), state, skip_shapes)
+    if problems:
+        msg = "checkpoint {}{} does not fit the model{}: {}; check --cfg / MODEL settings"
+        raise PyclsError(msg.format(path, what, _made_with(checkpoint), "; ".join(problems)))
+    if shapes:
+        state = {k: v for k, v in state.items() if k not in shapes}
+        model.load_state_dict(state, strict=False)
+    else:
+        model.load_state_dict(state)
+    return shapes
+
+
+def load_checkpoint(path, model, model_ema=None, optimizer=None):
+    """Loads a checkpoint strictly; returns (epochs done = next epoch index, extra dict)."""
+    checkpoint = _load_checkpoint_file(path)
+    _load_state(path, model, checkpoint["model_state"], checkpoint)
+    if model_ema is not None:
+        ema_state = checkpoint.get("ema_state") or checkpoint["model_state"]
+        _load_state(path, model_ema, ema_state, checkpoint, " (EMA weights)")
+    if optimizer is not None:
+        if not checkpoint.get("optimizer_state"):
+            raise PyclsError("checkpoint {} has no optimizer state to resume".format(path))
+        try:
+            optimizer.load_state_dict(checkpoint["optimizer_state"])
+        except (ValueError, KeyError) as e:
+            msg = "optimizer state in {} does not fit the optimizer ({}); check OPTIM settings"
+            raise PyclsError(msg.format(path, e)) from e
+    skip = ("model_state", "ema_state", "optimizer_state")
+    extra = {k: v for k, v in checkpoint.items() if k not in skip}
+    extra.setdefault("test_err", None)
+    extra.setdefault("ema_err", None)
+    extra.setdefault("best_err", _epoch_err(extra["test_err"], extra["ema_err"]))
+    return checkpoint["epoch"] + 1, extra
+
+
+def _is_state_dict(data):
+    """Tells whether a loaded dict is a raw state dict (all values tensors)."""
+    return bool(data) and all(torch.is_tensor(v) for v in data.values())
+
+
+def load_weights(path, model, skip_mismatched_head=False):
+    """Loads model weights (model_state or a raw state dict); returns the keys skipped."""
+    data = _load_file(path)
+    if "model_state" in data:
+        state, checkpoint = data["model_state"], data
+    elif _is_state_dict(data):
+        state, checkpoint = data, {}
+    else:
+        msg = "weights file {} has no model_state and is not a state dict; use a pycls .pyth"
+        raise PyclsError(msg.format(path))
+    skipped = _load_state(path, model, state, checkpoint, skip_shapes=skip_mismatched_head)
+    if skipped:
+        msg = "Skipped weights of another shape in {} (kept their initial values): {}"
+        logger.warning(msg.format(path, _list_names(skipped)))
+    return skipped

@@ -1,0 +1,155 @@
+"""Optimizer (SGD / Adam / AdamW with per-type weight decay) and LR policies (as pycls)."""
+
+import inspect
+import math
+
+import torch
+
+from pycls.core.config import cfg
+from pycls.core.errors import PyclsError
+
+# Layers whose weights and biases take BN.CUSTOM_WEIGHT_DECAY
+_NORM_LAYERS = (torch.nn.modules.batchnorm._NormBase, torch.nn.GroupNorm, torch.nn.LayerNorm)
+
+
+def _split_params(model):
+    """Splits the trainable parameters into norm-layer, bias and other lists (module order)."""
+    bn_params, bias_params, other_params, seen = [], [], [], set()
+    for module in model.modules():
+        for name, param in module.named_parameters(recurse=False):
+            if not param.requires_grad or id(param) in seen:
+                continue
+            seen.add(id(param))
+            if isinstance(module, _NORM_LAYERS):
+                bn_params.append(param)
+            elif name == "bias":
+                bias_params.append(param)
+            else:
+                other_params.append(param)
+    return bn_params, bias_params, other_params
+
+
+def get_param_groups(model):
+    """Returns the parameter groups with their weight decays (empty groups left out)."""
+    wd = cfg.OPTIM.WEIGHT_DECAY
+    bn_wd = cfg.BN.CUSTOM_WEIGHT_DECAY if cfg.BN.USE_CUSTOM_WEIGHT_DECAY else wd
+    bias_wd = cfg.OPTIM.BIAS_CUSTOM_WEIGHT_DECAY if cfg.OPTIM.BIAS_USE_CUSTOM_WEIGHT_DECAY else wd
+    wds = [bn_wd, bias_wd, wd]
+    params = _split_params(model)
+    return [{"params": p, "weight_decay": w} for p, w in zip(params, wds) if p]
+
+
+def _device_type(model, device):
+    """Returns the type of the device the optimizer steps on (the model's unless given)."""
+    if device is None:
+        param = next(model.parameters(), None)
+        return param.device.type if param is not None else "cpu"
+    return device.type if hasattr(device, "type") else torch.device(device).type
+
+
+def _npu_fused_sgd():
+    """Returns torch_npu's fused SGD class, or None when torch_npu does not provide it."""
+    try:
+        from torch_npu.optim import NpuFusedSGD
+    except ImportError:
+        return None
+    return NpuFusedSGD
+
+
+def _supports(optimizer_cls, arg):
+    """Tells whether an optimizer class takes the given constructor argument."""
+    return arg in inspect.signature(optimizer_cls).parameters
+
+
+def _impl_kwargs(optimizer_cls, device_type):
+    """Picks the step implementation: fused on cuda (SGD), foreach on other accelerators."""
+    if device_type == "cpu":
+        # On CPU foreach=True is no faster for EN-B3 (340 tensors): measured 17 vs 16 ms/step
+        return {"foreach": False}
+    fused = device_type == "cuda" and optimizer_cls is torch.optim.SGD
+    if fused and _supports(optimizer_cls, "fused"):
+        return {"fused": True}
+    return {"foreach": True}
+
+
+def construct_optimizer(model, device=None):
+    """Constructs the optimizer of cfg.OPTIM for the model's parameters (on device)."""
+    optim = cfg.OPTIM
+    device_type = _device_type(model, device)
+    groups = get_param_groups(model)
+    if optim.OPTIMIZER == "sgd":
+        sgd_args = {
+            "lr": optim.BASE_LR,
+            "momentum": optim.MOMENTUM,
+            "weight_decay": optim.WEIGHT_DECAY,
+            "dampening": optim.DAMPENING,
+            "nesterov": optim.NESTEROV,
+        }
+        fused_sgd = _npu_fused_sgd() if device_type == "npu" else None
+        if fused_sgd is not None:
+            return fused_sgd(groups, **sgd_args)
+        return torch.optim.SGD(groups, **sgd_args, **_impl_kwargs(torch.optim.SGD, device_type))
+    if optim.OPTIMIZER in ("adam", "adamw"):
+        adam_cls = torch.optim.Adam if optim.OPTIMIZER == "adam" else torch.optim.AdamW
+        adam_args = {
+            "lr": optim.BASE_LR,
+            "betas": (optim.BETA1, optim.BETA2),
+            "weight_decay": optim.WEIGHT_DECAY,
+        }
+        return adam_cls(groups, **adam_args, **_impl_kwargs(adam_cls, device_type))
+    msg = "config key OPTIM.OPTIMIZER is {!r}; choose one of sgd, adam, adamw"
+    raise PyclsError(msg.format(optim.OPTIMIZER))
+
+
+def lr_fun_steps(cur_epoch):
+    """Steps schedule (cfg.OPTIM.LR_POLICY = 'steps')."""
+    ind = [i for i, s in enumerate(cfg.OPTIM.STEPS) if cur_epoch >= s][-1]
+    return cfg.OPTIM.LR_MULT**ind
+
+
+def lr_fun_exp(cur_epoch):
+    """Exponential schedule (cfg.OPTIM.LR_POLICY = 'exp')."""
+    return cfg.OPTIM.MIN_LR ** (cur_epoch / cfg.OPTIM.MAX_EPOCH)
+
+
+def lr_fun_cos(cur_epoch):
+    """Cosine schedule (cfg.OPTIM.LR_POLICY = 'cos')."""
+    lr = 0.5 * (1.0 + math.cos(math.pi * cur_epoch / cfg.OPTIM.MAX_EPOCH))
+    return (1.0 - cfg.OPTIM.MIN_LR) * lr + cfg.OPTIM.MIN_LR
+
+
+def lr_fun_lin(cur_epoch):
+    """Linear schedule (cfg.OPTIM.LR_POLICY = 'lin')."""
+    lr = 1.0 - cur_epoch / cfg.OPTIM.MAX_EPOCH
+    return (1.0 - cfg.OPTIM.MIN_LR) * lr + cfg.OPTIM.MIN_LR
+
+
+_LR_FUNS = {"steps": lr_fun_steps, "exp": lr_fun_exp, "cos": lr_fun_cos, "lin": lr_fun_lin}
+
+
+def get_lr_fun():
+    """Returns the LR multiplier function of cfg.OPTIM.LR_POLICY."""
+    policy = cfg.OPTIM.LR_POLICY
+    if policy not in _LR_FUNS:
+        msg = "config key OPTIM.LR_POLICY is {!r}; choose one of {}"
+        raise PyclsError(msg.format(policy, ", ".join(_LR_FUNS)))
+    if policy == "exp" and cfg.OPTIM.MIN_LR <= 0:
+        raise PyclsError("the exp LR policy needs OPTIM.MIN_LR above 0; set OPTIM.MIN_LR")
+    if policy == "steps" and (not cfg.OPTIM.STEPS or cfg.OPTIM.STEPS[0] != 0):
+        raise PyclsError("the steps LR policy needs OPTIM.STEPS starting at 0, like [0, 30, 60]")
+    return _LR_FUNS[policy]
+
+
+def get_epoch_lr(cur_epoch):
+    """Returns the LR at cur_epoch (may be fractional), warm-up included."""
+    lr = get_lr_fun()(cur_epoch) * cfg.OPTIM.BASE_LR
+    if cur_epoch < cfg.OPTIM.WARMUP_EPOCHS:
+        alpha = cur_epoch / cfg.OPTIM.WARMUP_EPOCHS
+        lr *= cfg.OPTIM.WARMUP_FACTOR * (1.0 - alpha) + alpha
+    return lr
+
+
+def set_lr(optimizer, new_lr):
+    """Sets the LR of every parameter group of the optimizer."""
+    for param_group in optimizer.param_groups:
+        param_group["lr"] = new_lr
