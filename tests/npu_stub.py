@@ -12,8 +12,6 @@ import types
 import torch
 
 
-
-
 class NpuModule(types.ModuleType):
     """A torch.npu stand-in that records the calls made to it."""
 

@@ -4,6 +4,7 @@ import glob
 import os
 
 import pytest
+
 from pycls.core import config
 from pycls.core.config import cfg
 from pycls.core.errors import PyclsError

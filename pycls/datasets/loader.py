@@ -70,7 +70,7 @@ def _with_private_rng(batches, seed):
     """Fetches batches with torch's CPU RNG swapped for a private stream started at seed."""
     state = torch.Generator().manual_seed(seed).get_state()
     while True:
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[], device_type="cpu"):
             torch.set_rng_state(state)
             batch = next(batches, None)
             state = torch.get_rng_state()
