@@ -45,9 +45,9 @@ launch() {
     local py id out_dir log
     py=$(pick_python)
     id=${ASCEND_DEVICE_ID:-0}
-    out_dir="$TEST_DIR/output/$id/$case_name"
+    out_dir="$TEST_DIR/output/$id/$case_name/$(basename "$cfg_file" .yaml)"
     log="$TEST_DIR/output/$id/$case_name.log"
-    mkdir -p "$out_dir" || die "cannot create $out_dir; check the permissions of $TEST_DIR"
+    mkdir -p "$(dirname "$log")" || die "cannot create $(dirname "$log"); check its permissions"
     export PYTHONPATH="$REPO_DIR${PYTHONPATH:+:$PYTHONPATH}"
     local args=(--cfg "$cfg_file" --data_path "$data_path")
     [ -n "$device" ] && args+=(--device "$device")

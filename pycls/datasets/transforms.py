@@ -54,9 +54,10 @@ class NormalizeLighting(v2.Transform):
         return inpt.to(torch.float32).mul_(1.0 / (top * self.std)).add_(bias)
 
 
-def train_transform(im_size, augment="", pca_std=0.0):
+def train_transform(im_size, augment="", pca_std=0.0, crop_scale=(0.08, 1.0), hflip=0.5):
     """Returns the train transform: random resized crop, flip, augment, lighting, normalise."""
-    ops = [v2.ToImage(), v2.RandomResizedCrop(im_size, antialias=True), v2.RandomHorizontalFlip()]
+    crop = v2.RandomResizedCrop(im_size, scale=tuple(crop_scale), antialias=True)
+    ops = [v2.ToImage(), crop, v2.RandomHorizontalFlip(hflip)]
     augment_op = make_augment(augment)
     if augment_op is not None:
         ops.append(augment_op)

@@ -1,0 +1,76 @@
+"""Shared fixtures for the end-to-end tests: the digits demo data and a tiny EfficientNet."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# A small EfficientNet (the real EffNet code, fewer and narrower blocks) for fast CPU runs
+TINY_EN = """\
+MODEL:
+  TYPE: effnet
+  NUM_CLASSES: 10
+  ACTIVATION_FUN: silu
+EN:
+  STEM_W: 8
+  STRIDES: [1, 2, 2, 2, 1, 2, 1]
+  DEPTHS: [1, 1, 1, 2, 1, 1, 1]
+  WIDTHS: [8, 8, 16, 16, 24, 24, 32]
+  EXP_RATIOS: [1, 4, 4, 4, 4, 4, 4]
+  KERNELS: [3, 3, 5, 3, 5, 5, 3]
+  HEAD_W: 64
+OPTIM:
+  BASE_LR: 0.2
+  MAX_EPOCH: 2
+  WEIGHT_DECAY: 5e-5
+TRAIN:
+  DATASET: imagenet
+  IM_SIZE: 16
+  BATCH_SIZE: 64
+  PCA_STD: 0.0
+TEST:
+  DATASET: imagenet
+  IM_SIZE: 16
+  BATCH_SIZE: 100
+DATA_LOADER:
+  NUM_WORKERS: 0
+DEVICE: cpu
+LOG_PERIOD: 5
+VERBOSE: false
+"""
+
+
+@pytest.fixture(scope="session")
+def demo_data(tmp_path_factory):
+    """The digits demo data set at 16x16, written once per test session."""
+    out = tmp_path_factory.mktemp("digits") / "data"
+    tool = os.path.join(REPO, "tools", "make_demo_data.py")
+    subprocess.run([sys.executable, tool, str(out), "--size", "16"], check=True)
+    return str(out)
+
+
+@pytest.fixture(scope="session")
+def tiny_cfg(tmp_path_factory):
+    """A YAML config of a tiny EfficientNet on the demo data."""
+    path = tmp_path_factory.mktemp("cfg") / "tiny_en.yaml"
+    path.write_text(TINY_EN)
+    return str(path)
+
+
+def run_tool(tool, *args, env=None, cwd=REPO):
+    """Runs tools/<tool>.py with args; returns the CompletedProcess (output captured)."""
+    cmd = [sys.executable, os.path.join(REPO, "tools", tool + ".py")] + [str(a) for a in args]
+    full_env = dict(os.environ, **(env or {}))
+    return subprocess.run(cmd, capture_output=True, text=True, env=full_env, cwd=cwd)
+
+
+def json_stats(text, data_type):
+    """Returns the json_stats dicts of one _type found in a log text."""
+    import json
+
+    prefix = "json_stats: "
+    stats = [json.loads(ln.split(prefix, 1)[1]) for ln in text.splitlines() if prefix in ln]
+    return [s for s in stats if s["_type"] == data_type]
