@@ -297,6 +297,12 @@ _C.TRAIN.PCA_STD = 0.1
 # Data augmentation to use ("", "AutoAugment", "RandAugment_N2_M0.5", etc.)
 _C.TRAIN.AUGMENT = ""
 
+# Area range of the random resized crop, as fractions of the image (ImageNet: 0.08 to 1)
+_C.TRAIN.CROP_SCALE = [0.08, 1.0]
+
+# Probability of a horizontal flip (0 for data where a flip changes the class, like digits)
+_C.TRAIN.HFLIP = 0.5
+
 
 # --------------------------------- Testing options ---------------------------------- #
 _C.TEST = CfgNode()
@@ -574,6 +580,11 @@ def assert_cfg():
         raise PyclsError("config key OPTIM.STEPS must start at 0 for the steps policy")
     if _C.DATA_LOADER.NUM_WORKERS < 0:
         raise PyclsError("config key DATA_LOADER.NUM_WORKERS must be 0 or more")
+    low, high = (list(_C.TRAIN.CROP_SCALE) + [0, 0])[:2]
+    if len(_C.TRAIN.CROP_SCALE) != 2 or not 0 < low <= high <= 1:
+        raise PyclsError("config key TRAIN.CROP_SCALE must be [low, high] with 0 < low <= high <= 1")
+    if not 0.0 <= _C.TRAIN.HFLIP <= 1.0:
+        raise PyclsError("config key TRAIN.HFLIP is a probability: give a value from 0 to 1")
     if not 0.0 <= _C.DATA_LOADER.MAX_BAD_FRACTION <= 1.0:
         raise PyclsError("config key DATA_LOADER.MAX_BAD_FRACTION must be between 0 and 1")
 
