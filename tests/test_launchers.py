@@ -103,3 +103,17 @@ def test_env_npu_is_harmless_without_cann():
         capture_output=True, text=True, cwd=REPO,
     )  # fmt: skip
     assert res.returncode == 0 and res.stdout.strip() == "ok 1"
+
+
+@pytest.mark.slow
+def test_quickstart_at_reduced_size():
+    # The README's first command, through the same script: 1 epoch at 16px
+    env = dict(os.environ, ASCEND_DEVICE_ID=OUTPUT_ID)
+    cmd = ["bash", os.path.join(REPO, "tools", "quickstart.sh")]
+    cmd += ["OPTIM.MAX_EPOCH", "1", "TRAIN.IM_SIZE", "16", "TEST.IM_SIZE", "16"]
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO)
+    assert res.returncode == 0, res.stdout[-1500:] + res.stderr[-1500:]
+    result = final_result(res.stdout)
+    assert result["Case"] == "train_full_1p"
+    assert float(result["Final Performance images/sec"]) > 0
+    assert os.path.isdir(os.path.join(REPO, "output", "demo_data", "val"))
