@@ -54,7 +54,7 @@ launch() {
     local nnodes=${NNODES:-1}
     local runner=("$py")
     if [ "$nproc" -gt 1 ] || [ "$nnodes" -gt 1 ]; then
-        runner=("$py" -m torch.distributed.run --nproc_per_node="$nproc" --nnodes="$nnodes"
+        runner=("$py" -m pycls.core.distributed --nproc_per_node="$nproc" --nnodes="$nnodes"
             --node_rank="${NODE_RANK:-0}" --master_addr="${MASTER_ADDR:-127.0.0.1}"
             --master_port="${MASTER_PORT:-29500}" --max-restarts="${MAX_RESTARTS:-0}"
             --no-python "$TEST_DIR/bind_cores.sh" "$py")

@@ -20,7 +20,7 @@ def test_two_epochs_lower_the_loss_and_write_checkpoints(trained):
     out_dir, log = trained
     epochs = json_stats(log, "train_epoch")
     assert [e["epoch"] for e in epochs] == ["1/2", "2/2"]
-    assert epochs[1]["loss"] < epochs[0]["loss"] < 2.31
+    assert epochs[1]["loss"] < epochs[0]["loss"] < 2.5
     iters = json_stats(log, "train_iter")
     assert iters and all(s["fps"] > 0 and s["mem"] > 0 for s in iters)
     tests = json_stats(log, "test_epoch")

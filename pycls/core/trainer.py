@@ -24,10 +24,16 @@ from pycls.core.errors import PyclsError
 
 logger = logging.get_logger(__name__)
 
+# Largest RNG_SEED (numpy takes seeds below 2**32, and each rank adds its rank)
+_MAX_SEED = 2**31 - 1
+
 
 def setup_env(rank_id=None, device_id=None):
     """Sets up the process group, device, output folder, logging and seeds."""
     config.assert_cfg()
+    if not 0 <= cfg.RNG_SEED <= _MAX_SEED:
+        msg = "config key RNG_SEED is {}; set it from 0 to {}"
+        raise PyclsError(msg.format(cfg.RNG_SEED, _MAX_SEED))
     device = dist.init(cfg.DEVICE, rank_id=rank_id, device_id=device_id)
     if dist.is_main_proc():
         cp.check_out_dir()
@@ -38,11 +44,25 @@ def setup_env(rank_id=None, device_id=None):
     logger.info("Device: {} (world size {})".format(device, dist.get_world_size()))
     if cfg.VERBOSE:
         logger.info("Config:\n{}".format(cfg))
-    seed = cfg.RNG_SEED + dist.get_rank()
+    restarts = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    if restarts != "0" and dist.is_main_proc():
+        msg = "torchrun restarted the job after a failure (restart {} of {}); resuming"
+        logger.warning(msg.format(restarts, os.environ.get("TORCHELASTIC_MAX_RESTARTS", "?")))
+    _seed_all(cfg.RNG_SEED + dist.get_rank())
+    return device
+
+
+def _seed_all(seed):
+    """Seeds python's, numpy's and torch's RNGs (torch's on every device)."""
     np.random.seed(seed)
     random.seed(seed)
     torch.manual_seed(seed)
-    return device
+
+
+def seed_epoch(cur_epoch):
+    """Seeds the RNGs from (RNG_SEED, epoch, rank): an epoch draws the same after a resume."""
+    entropy = [cfg.RNG_SEED, cur_epoch, dist.get_rank()]
+    _seed_all(int(np.random.SeedSequence(entropy).generate_state(1)[0]))
 
 
 def setup_model(device):
@@ -77,7 +97,8 @@ def load_start_state(model, model_ema, optimizer, amp):
 def check_finite(stats, where):
     """Stops the run when a logged loss is not finite (every rank reads the same value)."""
     if stats is not None and not np.isfinite(float(stats["loss"])):
-        msg = "loss is {} at {}; lower OPTIM.BASE_LR, add OPTIM.WARMUP_EPOCHS or OPTIM.GRAD_CLIP"
+        msg = "loss is {} at {}, so this epoch gets no checkpoint; lower OPTIM.BASE_LR, add "
+        msg += "OPTIM.WARMUP_EPOCHS or set OPTIM.GRAD_CLIP, then rerun to resume from the last one"
         raise PyclsError(msg.format(stats["loss"], where))
 
 
@@ -94,6 +115,7 @@ def train_step(model, loss_fun, optimizer, amp, inputs, labels_one_hot):
 def train_epoch(loader, model, model_ema, loss_fun, optimizer, amp, meter, cur_epoch, device):
     """Performs one epoch of training."""
     data_loader.shuffle(loader, cur_epoch)
+    seed_epoch(cur_epoch)
     lr = optim.get_epoch_lr(cur_epoch)
     optim.set_lr(optimizer, lr)
     model.train()
@@ -118,6 +140,15 @@ def train_epoch(loader, model, model_ema, loss_fun, optimizer, amp, meter, cur_e
     extra = {"bad_files": data_loader.bad_file_count(loader), "amp_skipped": amp.skipped_steps}
     stats = meter.log_epoch_stats(cur_epoch, extra)
     check_finite(stats, "the end of epoch {}".format(cur_epoch + 1))
+
+
+@torch.no_grad()
+def average_buffers(model):
+    """Averages the float buffers (BN running stats) over the processes, which DDP leaves
+    rank-local: every rank then tests, saves and resumes the same model."""
+    if model is None or dist.get_world_size() == 1:
+        return
+    dist.scaled_all_reduce([b for b in net.unwrap_model(model).buffers() if b.is_floating_point()])
 
 
 @torch.no_grad()
@@ -191,6 +222,8 @@ def train_model(rank_id=None, device_id=None):
             net.compute_precise_bn_stats(model, train_loader, device)
             if model_ema is not None:
                 net.compute_precise_bn_stats(model_ema, train_loader, device)
+        for m in (model, model_ema):
+            average_buffers(m)
         last_epoch = cur_epoch + 1 == cfg.OPTIM.MAX_EPOCH
         if (cur_epoch + 1) % cfg.TRAIN.EVAL_PERIOD != 0 and not last_epoch:
             continue

@@ -4,6 +4,9 @@ Seeding: each process's loader has a torch Generator seeded with RNG_SEED + rank
 per epoch by shuffle); it orders the samples and seeds the workers, so augmentations differ
 across workers and ranks but repeat for one RNG_SEED. With NUM_WORKERS 0 the transforms draw
 from a private RNG stream seeded from that Generator, leaving the global RNG to the model.
+Persistent workers outlive an epoch, so shuffle also hands them a per-epoch seed (through
+shared memory, read by the train transform): epoch e's augmentations are the same whether
+the process ran epochs 0..e-1 before or resumed at e.
 """
 
 import logging
@@ -13,7 +16,7 @@ import random
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, RandomSampler
 from torch.utils.data.distributed import DistributedSampler
 
 from pycls.core.config import cfg
@@ -29,6 +32,35 @@ DATASETS = ("imagenet", "synthetic")
 # Seeds of one rank's epochs are this far apart (more than any world size)
 _EPOCH_SEED_STRIDE = 1 << 20
 
+# Streams derived from a loader's epoch seed: the sample order and the workers' RNGs (each
+# kept apart from the loader's Generator, whose draws DataLoader makes at times of its own)
+_SAMPLER_STREAM, _WORKERS_STREAM = 1, 2
+
+
+class EpochSeeded:
+    """Wraps a transform; in a worker it reseeds the RNGs when shuffle starts a new epoch."""
+
+    def __init__(self, transform):
+        self.transform = transform
+        # The epoch's seed, -1 until shuffle sets one; shared with the (forked) workers
+        self.epoch_seed = torch.full((1,), -1, dtype=torch.int64).share_memory_()
+        self._seeded = -1
+
+    def set_epoch_seed(self, seed):
+        """Sets the seed the workers use from their next image on (call between epochs)."""
+        self.epoch_seed.fill_(seed)
+
+    def __call__(self, im):
+        seed = int(self.epoch_seed[0])
+        info = torch.utils.data.get_worker_info()
+        if info is not None and seed != self._seeded:
+            self._seeded = seed
+            worker_seed = seed + info.id
+            torch.manual_seed(worker_seed)
+            random.seed(worker_seed)
+            np.random.seed(worker_seed % (1 << 32))
+        return self.transform(im)
+
 
 class Loader(DataLoader):
     """A DataLoader that stops the run when too many of an epoch's images are unreadable."""
@@ -37,6 +69,8 @@ class Loader(DataLoader):
         super().__init__(dataset, **kwargs)
         self.seed = seed
         self.max_bad_fraction = max_bad_fraction
+        transform = getattr(dataset, "transform", None)
+        self.epoch_seeded = transform if isinstance(transform, EpochSeeded) else None
 
     def epoch_size(self):
         """Returns the number of samples this process loads in an epoch."""
@@ -88,6 +122,11 @@ def _too_many_bad(count, total, data_loader):
     )
     root, fraction = data_loader.dataset.root, data_loader.max_bad_fraction
     return PyclsError(msg.format(count, total, root, count / total, fraction))
+
+
+def _stream_seed(epoch_seed, stream):
+    """Returns the seed of one of the RNG streams of a loader's epoch."""
+    return int(np.random.SeedSequence([epoch_seed, stream]).generate_state(1)[0])
 
 
 def _worker_init_fn(worker_id):
@@ -171,8 +210,10 @@ def _construct_dataset(name, key, split, other_split, train, num_workers):
         check_same_classes(data_path, split, other_split)
     if train:
         transform = transforms.train_transform(
-            cfg.TRAIN.IM_SIZE, cfg.TRAIN.AUGMENT, cfg.TRAIN.PCA_STD
-        )
+            cfg.TRAIN.IM_SIZE, cfg.TRAIN.AUGMENT, cfg.TRAIN.PCA_STD, cfg.TRAIN.CROP_SCALE,
+            cfg.TRAIN.HFLIP,
+        )  # fmt: skip
+        transform = EpochSeeded(transform)
     else:
         transform = transforms.test_transform(cfg.TEST.IM_SIZE, cfg.TRAIN.IM_SIZE)
     dataset = ImageNet(data_path, split, transform, num_workers)
@@ -191,16 +232,19 @@ def _construct_loader(train, device, rank, world_size):
     dataset = _construct_dataset(
         sec.DATASET, key_dataset, sec.SPLIT, other.SPLIT, train, num_workers
     )
+    seed = cfg.RNG_SEED + rank
     sampler = None
     if world_size > 1:
         sampler = DistributedSampler(dataset, world_size, rank, shuffle=train, seed=cfg.RNG_SEED)
-    seed = cfg.RNG_SEED + rank
+    elif train:
+        # A Generator of its own: the order must not depend on DataLoader's other draws
+        generator = torch.Generator().manual_seed(_stream_seed(seed, _SAMPLER_STREAM))
+        sampler = RandomSampler(dataset, generator=generator)
     data_loader = Loader(
         dataset,
         seed,
         cfg.DATA_LOADER.MAX_BAD_FRACTION,
         batch_size=batch_size,
-        shuffle=train and sampler is None,
         sampler=sampler,
         num_workers=num_workers,
         pin_memory=cfg.DATA_LOADER.PIN_MEMORY and _has_accelerator(device),
@@ -231,7 +275,12 @@ def shuffle(loader, cur_epoch):
     if isinstance(loader.sampler, DistributedSampler):
         loader.sampler.set_epoch(cur_epoch)
     if isinstance(loader, Loader):
-        loader.generator.manual_seed(loader.seed + cur_epoch * _EPOCH_SEED_STRIDE)
+        epoch_seed = loader.seed + cur_epoch * _EPOCH_SEED_STRIDE
+        loader.generator.manual_seed(epoch_seed)
+        if isinstance(loader.sampler, RandomSampler) and loader.sampler.generator is not None:
+            loader.sampler.generator.manual_seed(_stream_seed(epoch_seed, _SAMPLER_STREAM))
+        if loader.epoch_seeded is not None:
+            loader.epoch_seeded.set_epoch_seed(_stream_seed(epoch_seed, _WORKERS_STREAM))
     bad_files = getattr(loader.dataset, "bad_files", None)
     if bad_files is not None:
         bad_files.reset()

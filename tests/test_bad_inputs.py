@@ -1,0 +1,725 @@
+"""Bad inputs through the real CLIs and launchers: each ends in one error line and an exit code.
+
+Every row runs a real command (tools/*.py, test/*.sh, torchrun) as a subprocess and checks its
+exit code, that its last line of error output matches the row's pattern, and that no Python
+traceback was printed. The rows run a few at a time in the background; rows that train, start
+several processes or repeat a kind of error already shown are marked slow.
+
+    python tests/test_bad_inputs.py > table.md   # runs every row, prints the Markdown table
+"""
+
+import collections
+import concurrent.futures
+import datetime
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+
+import pytest
+import torch
+from _data_utils import make_image_folder, write_bad_file
+
+import pycls.core.builders as builders
+from pycls.core import config
+from pycls.core.config import cfg
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CFG = os.path.join(REPO, "configs", "dds_baselines", "effnet", "EN-B0_dds_8gpu.yaml")
+LAUNCH_VARS = ["RANK", "LOCAL_RANK", "WORLD_SIZE", "RANK_SIZE", "MASTER_ADDR", "MASTER_PORT"]
+
+# Launcher runs write under test/output/<this id>/ (kept apart from other runs, removed after)
+DEVICE_ID = "93"
+
+# A tiny EfficientNet on 16px images of 3 classes
+TINY = {
+    "MODEL.NUM_CLASSES": "3",
+    "EN.STEM_W": "8",
+    "EN.DEPTHS": "[1,1,1,1,1,1,1]",
+    "EN.WIDTHS": "[8,8,16,16,24,24,32]",
+    "EN.HEAD_W": "64",
+    "TRAIN.IM_SIZE": "16",
+    "TEST.IM_SIZE": "16",
+    "TRAIN.BATCH_SIZE": "4",
+    "TEST.BATCH_SIZE": "6",
+    "OPTIM.MAX_EPOCH": "1",
+    "DATA_LOADER.NUM_WORKERS": "0",
+    "LOG_PERIOD": "2",
+    "VERBOSE": "False",
+}
+
+# Rows run at once in the background
+PARALLEL = 3
+
+# One bad input: what the user did, the command (a function of the workspace), the expected
+# last error line (a regex, matched in full) and exit code. stream "stderr" checks stderr;
+# "output" checks stdout and stderr merged (the launchers tee Python's errors to stdout).
+# Rows that train or start several processes are marked slow.
+Row = collections.namedtuple("Row", "id what cmd error code stream needs slow")
+
+
+def row(id, what, cmd, error, code=2, stream="stderr", needs=None, slow=False):
+    """Builds a Row (needs: a function of the workspace giving a skip reason, or None)."""
+    return Row(id, what, cmd, error, code, stream, needs, slow)
+
+
+def tool(name, *args, env=None):
+    """Returns a command builder for tools/<name>.py with arguments (functions of ws allowed)."""
+
+    def build(ws):
+        argv = [sys.executable, os.path.join(REPO, "tools", name + ".py")]
+        return argv + [a(ws) if callable(a) else a for a in args], env
+
+    return build
+
+
+def train(*args, data="data", env=None, name="train_net"):
+    """Returns a command builder of a tiny training (or name's) run with extra arguments."""
+
+    def build(ws):
+        extra = [a(ws) if callable(a) else a for a in args]
+        flags = [a for i, a in enumerate(extra) if a.startswith("--") or _is_value(extra, i)]
+        device = [] if "--device" in flags else ["--device", "cpu"]
+        base = ["--cfg", CFG, "--data_path", ws[data]] + device + flags
+        pairs = [x for kv in dict(TINY, OUT_DIR=ws.out()).items() for x in kv]
+        argv = [sys.executable, os.path.join(REPO, "tools", name + ".py")]
+        return argv + base + pairs + [a for a in extra if a not in flags], env
+
+    return build
+
+
+def _is_value(args, i):
+    """Tells whether args[i] is the value of a --flag."""
+    return i > 0 and args[i - 1].startswith("--")
+
+
+def launcher(script, *args, env=None):
+    """Returns a command builder of bash test/<script> with arguments."""
+
+    def build(ws):
+        argv = ["bash", os.path.join(REPO, "test", script)]
+        extra = {"PYTHON": sys.executable, "ASCEND_DEVICE_ID": DEVICE_ID}
+        extra["MASTER_PORT"] = str(free_port())
+        return argv + [a(ws) if callable(a) else a for a in args], dict(extra, **(env or {}))
+
+    return build
+
+
+def wrapped_torchrun(*args, nproc=2):
+    """Returns a command builder of `python -m pycls.core.distributed` (torchrun, one line)."""
+
+    def build(ws):
+        argv = [sys.executable, "-m", "pycls.core.distributed", "--nproc_per_node={}".format(nproc)]
+        argv += ["--master_addr=127.0.0.1", "--master_port={}".format(free_port())]
+        train_argv, _ = train(*args)(ws)
+        return argv + train_argv[1:], None
+
+    return build
+
+
+def tiny_pairs(**changes):
+    """Returns TINY's KEY VALUE pairs with changes, as a flat list."""
+    return [x for kv in dict(TINY, **changes).items() for x in kv]
+
+
+def free_port():
+    """Returns a TCP port on 127.0.0.1 that is free now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def no_cuda(ws):
+    """Skips where CUDA works (the row expects it missing)."""
+    return "CUDA is available here" if torch.cuda.is_available() else None
+
+
+def no_torch_npu(ws):
+    """Skips where torch_npu imports (the row expects it missing)."""
+    try:
+        import torch_npu  # noqa: F401
+    except ImportError:
+        return None
+    return "torch_npu is installed here"
+
+
+P = r"\S+"  # a path without spaces
+ROWS = [
+    # ------------------------------ config files and keys ------------------------------ #
+    row(
+        "cfg_missing",
+        "`--cfg` names a file that does not exist",
+        tool("train_net", "--cfg", lambda ws: ws.path("none.yaml")),
+        r"error: config file {} does not exist; check --cfg".format(P),
+    ),
+    row(
+        "cfg_py",
+        "`--cfg` names a Python file (never run)",
+        tool("train_net", "--cfg", lambda ws: ws["evil_py"]),
+        r"error: config {} is not a \.yaml file; only YAML configs load".format(P),
+    ),
+    row(
+        "cfg_bad_yaml",
+        "the config file is not valid YAML",
+        tool("train_net", "--cfg", lambda ws: ws["bad_yaml"]),
+        r"error: config {} is not valid YAML at line \d+; fix its syntax".format(P),
+    ),
+    row(
+        "cfg_unknown_key_in_file",
+        "the config file has a misspelt key",
+        tool("train_net", "--cfg", lambda ws: ws["typo_yaml"]),
+        r"error: unknown config key OPTIM\.BASE_LRR in {}: did you mean OPTIM\.BASE_LR\?".format(P),
+        slow=True,
+    ),
+    row(
+        "override_unknown_key",
+        "an override key that does not exist: `TRAIN.BATCHSIZE 4`",
+        train("TRAIN.BATCHSIZE", "4"),
+        r"error: unknown config key TRAIN\.BATCHSIZE in the command line: "
+        r"did you mean TRAIN\.BATCH_SIZE\?",
+    ),
+    row(
+        "override_bad_type",
+        "an override of the wrong type: `TRAIN.BATCH_SIZE abc`",
+        train("TRAIN.BATCH_SIZE", "abc"),
+        r"error: config key TRAIN\.BATCH_SIZE in the command line takes a int \(like 128\), "
+        r"not 'abc'",
+    ),
+    row(
+        "override_odd",
+        "an override key without a value",
+        tool("train_net", "--cfg", CFG, "OPTIM.BASE_LR"),
+        r"error: config overrides must be KEY VALUE pairs; got \['OPTIM\.BASE_LR'\]",
+        slow=True,
+    ),
+    row(
+        "bad_choice",
+        "a value outside a key's choices: `OPTIM.LR_POLICY linear`",
+        train("OPTIM.LR_POLICY", "linear"),
+        r"error: config key OPTIM\.LR_POLICY is 'linear'; choose one of cos, exp, lin, steps",
+    ),
+    row(
+        "zero_epochs",
+        "`OPTIM.MAX_EPOCH 0`",
+        train("OPTIM.MAX_EPOCH", "0"),
+        r"error: config key OPTIM\.MAX_EPOCH is 0; it must be above 0",
+        slow=True,
+    ),
+    row(
+        "bad_loss_scale",
+        "`AMP.LOSS_SCALE -1`",
+        train("AMP.LOSS_SCALE", "-1"),
+        r"error: config key AMP\.LOSS_SCALE is '-1'; give a number above 0 or dynamic",
+        slow=True,
+    ),
+    row(
+        "negative_workers",
+        "`DATA_LOADER.NUM_WORKERS -1`",
+        train("DATA_LOADER.NUM_WORKERS", "-1"),
+        r"error: config key DATA_LOADER\.NUM_WORKERS must be 0 or more",
+        slow=True,
+    ),
+    row(
+        "negative_seed",
+        "`RNG_SEED -1`",
+        train("RNG_SEED", "-1"),
+        r"error: config key RNG_SEED is -1; set it from 0 to 2147483647",
+    ),
+    row(
+        "unknown_model",
+        "`MODEL.TYPE vit` (not a pycls model)",
+        train("MODEL.TYPE", "vit"),
+        r"error: MODEL\.TYPE 'vit' is not a known model; choose one of .*effnet.*",
+    ),
+    row(
+        "unknown_dataset",
+        "`TRAIN.DATASET cifar`",
+        train("TRAIN.DATASET", "cifar"),
+        r"error: TRAIN\.DATASET is 'cifar'; choose one of imagenet, synthetic",
+        slow=True,
+    ),
+    # ------------------------------------ data ----------------------------------------- #
+    row(
+        "data_missing",
+        "`--data_path` does not exist",
+        train(data="missing"),
+        r"error: data path {} does not exist; pass --data_path DIR .*".format(P),
+    ),
+    row(
+        "data_is_a_file",
+        "`--data_path` is a file",
+        train(data="a_file"),
+        r"error: data path {} is not a folder; pass --data_path DIR .*".format(P),
+        slow=True,
+    ),
+    row(
+        "data_no_train",
+        "the data folder has no `train/`",
+        train(data="no_train"),
+        r"error: data path {} has no train/ folder; put the train images in .*".format(P),
+    ),
+    row(
+        "data_no_classes",
+        "`train/` has no class folders",
+        train(data="no_classes"),
+        r"error: {} has no class folders; put the images in .*".format(P),
+        slow=True,
+    ),
+    row(
+        "data_no_images",
+        "the class folders hold no images",
+        train(data="no_images"),
+        r"error: {} holds no images \(jpg, jpeg, png, bmp, webp\); put them in .*".format(P),
+    ),
+    row(
+        "data_classes_differ",
+        "`train/` and `val/` have other classes",
+        train(data="classes_differ"),
+        r"error: the classes of {} and {} differ \(only in train: c\); give both splits the same "
+        r"class folders".format(P, P),
+    ),
+    row(
+        "too_few_classes",
+        "`MODEL.NUM_CLASSES` below the data's classes",
+        train("MODEL.NUM_CLASSES", "2"),
+        r"error: {} has 3 classes but MODEL\.NUM_CLASSES is 2; set MODEL\.NUM_CLASSES 3".format(P),
+    ),
+    row(
+        "images_unreadable",
+        "more of an epoch's images are corrupt than `DATA_LOADER.MAX_BAD_FRACTION` allows",
+        train(data="bad_images"),
+        r"error: \d+ of the 24 images of this epoch in {} are unreadable \(\d+\.\d+%\), more than "
+        r"DATA_LOADER\.MAX_BAD_FRACTION 0\.01; fix or remove the files named in the warnings, or "
+        r"raise DATA_LOADER\.MAX_BAD_FRACTION".format(P),
+        slow=True,
+    ),
+    row(
+        "batch_larger_than_data",
+        "`TRAIN.BATCH_SIZE` larger than the train set",
+        train("TRAIN.BATCH_SIZE", "64"),
+        r"error: TRAIN\.BATCH_SIZE 64 gives batches of 64 per process, more than the 24 images it "
+        r"gets; lower TRAIN\.BATCH_SIZE",
+    ),
+    row(
+        "loss_not_finite",
+        "a learning rate that makes the loss diverge: `OPTIM.BASE_LR 1e6`",
+        train("OPTIM.BASE_LR", "1e6"),
+        r"error: loss is (nan|inf) at epoch 1 iter \d+, so this epoch gets no checkpoint; lower "
+        r"OPTIM\.BASE_LR, add OPTIM\.WARMUP_EPOCHS or set OPTIM\.GRAD_CLIP, then rerun to resume "
+        r"from the last one",
+        slow=True,
+    ),
+    # ------------------------------- output and devices -------------------------------- #
+    row(
+        "out_dir_unwritable",
+        "`OUT_DIR` below a file (not writable)",
+        train("OUT_DIR", lambda ws: os.path.join(ws["a_file"], "out")),
+        r"error: output folder {} is not writable \(Not a directory\); set OUT_DIR to a folder "
+        r"you can write".format(P),
+    ),
+    row(
+        "device_gpu_missing",
+        "`--device gpu` without CUDA",
+        train("--device", "gpu"),
+        r"error: --device gpu but CUDA is not available \(torch .*\): install a CUDA build of "
+        r"torch and check nvidia-smi, or use --device cpu\|npu",
+        needs=no_cuda,
+    ),
+    row(
+        "device_npu_missing",
+        "`--device npu` without torch_npu",
+        train("--device", "npu"),
+        r"error: torch_npu is not installed: install the torch_npu wheel matching your torch and "
+        r"CANN \(see README\), or use --device cpu\|gpu",
+        needs=no_torch_npu,
+    ),
+    row(
+        "device_unknown",
+        "`--device tpu`",
+        train("--device", "tpu"),
+        r"train_net\.py: error: argument --device: invalid choice: 'tpu' \(choose from .*\)",
+    ),
+    row(
+        "device_key_unknown",
+        "`DEVICE tpu` as an override",
+        train("DEVICE", "tpu"),
+        r"error: config key DEVICE is 'tpu'; choose one of auto, cpu, gpu, npu",
+        slow=True,
+    ),
+    # --------------------------------- checkpoints ------------------------------------- #
+    row(
+        "test_no_weights",
+        "tools/test_net.py without `TEST.WEIGHTS`",
+        train(name="test_net"),
+        r"error: no weights to test: pass TEST\.WEIGHTS /path/to/model\.pyth",
+        slow=True,
+    ),
+    row(
+        "test_weights_missing",
+        "`TEST.WEIGHTS` does not exist",
+        train("TEST.WEIGHTS", lambda ws: ws.path("none.pyth"), name="test_net"),
+        r"error: checkpoint {} does not exist; check the path".format(P),
+    ),
+    row(
+        "test_weights_truncated",
+        "`TEST.WEIGHTS` is a truncated file",
+        train("TEST.WEIGHTS", lambda ws: ws["truncated_pyth"], name="test_net"),
+        r"error: checkpoint {} is truncated, corrupt or not a checkpoint \(.+\); use another "
+        r"file".format(P),
+    ),
+    row(
+        "test_weights_text",
+        "`TEST.WEIGHTS` is not a checkpoint at all (a text file)",
+        train("TEST.WEIGHTS", lambda ws: ws["text_pyth"], name="test_net"),
+        r"error: checkpoint {} is truncated, corrupt or not a checkpoint \(.+\); use another "
+        r"file".format(P),
+        slow=True,
+    ),
+    row(
+        "test_weights_pickle",
+        "`TEST.WEIGHTS` holds arbitrary Python objects",
+        train("TEST.WEIGHTS", lambda ws: ws["object_pyth"], name="test_net"),
+        r"error: checkpoint {} holds a Python object \(datetime\.date\) that safe loading "
+        r"\(weights_only\) refuses; use a checkpoint of plain tensors, from a source you "
+        r"trust".format(P),
+    ),
+    row(
+        "test_weights_other_model",
+        "`TEST.WEIGHTS` of another architecture",
+        train("TEST.WEIGHTS", lambda ws: ws["other_pyth"], name="test_net"),
+        r"error: checkpoint {} does not fit the model \(it was made with MODEL\.TYPE effnet and "
+        r"MODEL\.NUM_CLASSES 3\): unexpected keys: s2\.b2\..*; check --cfg / MODEL settings".format(
+            P
+        ),
+    ),
+    row(
+        "train_weights_other_model",
+        "`TRAIN.WEIGHTS` of another architecture",
+        train("TRAIN.WEIGHTS", lambda ws: ws["other_pyth"]),
+        r"error: checkpoint {} does not fit the model .*unexpected keys: s2\.b2\..*".format(P),
+        slow=True,
+    ),
+    row(
+        "resume_all_corrupt",
+        "every checkpoint in `OUT_DIR` is corrupt (auto-resume)",
+        train("OUT_DIR", lambda ws: ws["corrupt_out"]),
+        r"error: no checkpoint in {} loads \(all 1 are corrupt\); delete them or set OUT_DIR "
+        r"elsewhere".format(P),
+    ),
+    # ------------------------------- processes --------------------------------------- #
+    row(
+        "rank_env_not_a_number",
+        "torchrun variables that are not numbers (`RANK=x`)",
+        train(env={"RANK": "x", "WORLD_SIZE": "2"}),
+        r"error: environment variable RANK='x' must be a whole number",
+        slow=True,
+    ),
+    row(
+        "rank_id_without_rank_size",
+        "`--rank_id 1` without `RANK_SIZE`",
+        train("--rank_id", "1"),
+        r"error: --rank_id 1 needs the process count in RANK_SIZE: export RANK_SIZE=N .*",
+    ),
+    row(
+        "rank_outside_world",
+        "`--rank_id 3` with `RANK_SIZE=2`",
+        train("--rank_id", "3", env={"RANK_SIZE": "2"}),
+        r"error: rank 3 \(device 3\) does not fit a world of 2 processes: check RANK/--rank_id, "
+        r"LOCAL_RANK/--device_id and WORLD_SIZE/RANK_SIZE",
+        slow=True,
+    ),
+    row(
+        "batch_not_divisible",
+        "`TRAIN.BATCH_SIZE 5` on 2 processes (torchrun)",
+        wrapped_torchrun("TRAIN.BATCH_SIZE", "5"),
+        r"error: rank \d \(pid \d+\) failed: TRAIN\.BATCH_SIZE 5 does not divide by the 2 "
+        r"processes; set TRAIN\.BATCH_SIZE to a multiple of 2; the job stopped",
+        slow=True,
+    ),
+    # ---------------------------------- launchers -------------------------------------- #
+    row(
+        "launcher_no_data_path",
+        "`test/train_full_1p.sh` without `--data_path=`",
+        launcher("train_full_1p.sh"),
+        r"error: --data_path=DIR is required \(a folder with train/ and val/ inside\)",
+        stream="output",
+    ),
+    row(
+        "launcher_unknown_option",
+        "`test/train_full_1p.sh --epochs=3`",
+        launcher("train_full_1p.sh", "--data_path=/data", "--epochs=3"),
+        r"error: unknown option --epochs=3; use --data_path=, --device=, --cfg=, --pth_path= or "
+        r"KEY VALUE pairs",
+        stream="output",
+    ),
+    row(
+        "launcher_eval_no_pth",
+        "`test/train_eval_8p.sh` without `--pth_path=`",
+        launcher("train_eval_8p.sh", lambda ws: "--data_path=" + ws["data"]),
+        r"error: --pth_path=FILE is required \(the checkpoint to evaluate\)",
+        stream="output",
+    ),
+    row(
+        "launcher_bad_data_path",
+        "`test/train_full_1p.sh` with a data path that does not exist",
+        launcher("train_full_1p.sh", lambda ws: "--data_path=" + ws["missing"], "--device=cpu"),
+        r"error: data path {} does not exist; pass --data_path DIR .*".format(P),
+        stream="output",
+        slow=True,
+    ),
+    row(
+        "launcher_eval_pth_missing",
+        "`test/train_eval_8p.sh` (RANK_SIZE=1) with a missing `--pth_path=`",
+        launcher(
+            "train_eval_8p.sh",
+            lambda ws: "--data_path=" + ws["data"],
+            lambda ws: "--pth_path=" + ws.path("none.pyth"),
+            "--device=cpu",
+            lambda ws: "--cfg=" + CFG,
+            *tiny_pairs(),
+            env={"RANK_SIZE": "1"},
+        ),
+        r"error: checkpoint {} does not exist; check the path".format(P),
+        stream="output",
+        slow=True,
+    ),
+    row(
+        "launcher_batch_not_divisible",
+        "`RANK_SIZE=2 test/train_full_8p.sh ... TRAIN.BATCH_SIZE 5`",
+        launcher(
+            "train_full_8p.sh",
+            lambda ws: "--data_path=" + ws["data"],
+            "--device=cpu",
+            lambda ws: "--cfg=" + CFG,
+            *tiny_pairs(**{"TRAIN.BATCH_SIZE": "5"}),
+            env={"RANK_SIZE": "2"},
+        ),
+        r"error: rank \d \(pid \d+\) failed: TRAIN\.BATCH_SIZE 5 does not divide by the 2 "
+        r"processes; set TRAIN\.BATCH_SIZE to a multiple of 2; the job stopped",
+        stream="output",
+        slow=True,
+    ),
+    # -------------------------------- other tools -------------------------------------- #
+    row(
+        "demo_data_not_empty",
+        "`tools/make_demo_data.py` into a non-empty folder",
+        tool("make_demo_data", lambda ws: ws["data"]),
+        r"error: {} is not empty; pass --force to write into it, or pick an empty folder".format(P),
+    ),
+    row(
+        "demo_data_too_small",
+        "`tools/make_demo_data.py --size 4`",
+        tool("make_demo_data", lambda ws: ws.path("demo"), "--size", "4"),
+        r"error: --size 4 is too small; give 8 or more",
+    ),
+    row(
+        "predict_no_weights",
+        "`tools/predict.py` without weights",
+        tool("predict", "--cfg", CFG, lambda ws: ws["data"]),
+        r"error: no weights given; pass --weights FILE\.pyth \(or TEST\.WEIGHTS FILE\)",
+    ),
+    row(
+        "predict_truncated_weights",
+        "`tools/predict.py --weights` a truncated file",
+        tool(
+            "predict",
+            "--cfg",
+            CFG,
+            "--weights",
+            lambda ws: ws["truncated_pyth"],
+            lambda ws: ws["data"],
+        ),
+        r"error: checkpoint {} is truncated, corrupt or not a checkpoint \(.+\); use another "
+        r"file".format(P),
+        slow=True,
+    ),
+    row(
+        "final_result_no_stats",
+        "`tools/final_result.py` on a log without json_stats",
+        tool("final_result", lambda ws: ws["text_pyth"]),
+        r"error: no train_epoch or test_epoch json_stats in the log; see its errors",
+    ),
+]
+
+
+class Workspace(dict):
+    """Named paths of the files the rows use; out() gives each run a fresh OUT_DIR."""
+
+    def __init__(self, root):
+        super().__init__()
+        self.root = root
+        self.count = 0
+
+    def path(self, name):
+        """Returns a path in the workspace."""
+        return os.path.join(self.root, name)
+
+    def out(self):
+        """Returns a new, empty OUT_DIR path."""
+        self.count += 1
+        return self.path("out{}".format(self.count))
+
+
+def _tiny_checkpoint(path, **changes):
+    """Saves the weights of a tiny model (with config changes) as a pycls checkpoint."""
+    config.reset_cfg()
+    config.merge_from_file(CFG)
+    config.merge_from_list([x for kv in dict(TINY, **changes).items() for x in kv])
+    model = builders.build_model()
+    torch.save({"epoch": 0, "model_state": model.state_dict(), "cfg": cfg.dump()}, path)
+    config.reset_cfg()
+    return path
+
+
+def _write(path, text):
+    """Writes a text file (folders made) and returns its path."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        f.write(text)
+    return path
+
+
+def make_workspace(root):
+    """Writes the data folders, configs and checkpoints the rows use."""
+    ws = Workspace(root)
+    counts, classes = {"train": 8, "val": 4}, ("a", "b", "c")
+    ws["data"] = make_image_folder(ws.path("data"), classes, counts, (16, 16))
+    ws["missing"] = ws.path("missing")
+    ws["a_file"] = _write(ws.path("a_file.txt"), "a user's file\n")
+    ws["no_train"] = make_image_folder(ws.path("no_train"), classes, {"val": 2}, (16, 16))
+    os.makedirs(ws.path("no_classes/train"))
+    ws["no_classes"] = ws.path("no_classes")
+    os.makedirs(ws.path("no_images/train/a"))
+    ws["no_images"] = ws.path("no_images")
+    ws["classes_differ"] = make_image_folder(ws.path("classes_differ"), classes, {"train": 8})
+    make_image_folder(ws["classes_differ"], classes[:2], {"val": 2})
+    ws["bad_images"] = make_image_folder(ws.path("bad_images"), classes, counts, (16, 16))
+    for name in classes:
+        for i in range(4):  # half of the train images
+            write_bad_file(
+                os.path.join(ws["bad_images"], "train", name, "{}.jpg".format(i)), "text"
+            )
+    ws["evil_py"] = _write(ws.path("evil.py"), "open({!r}, 'w')\n".format(ws.path("ran")))
+    ws["bad_yaml"] = _write(ws.path("bad.yaml"), "MODEL:\n  TYPE: [effnet\n")
+    ws["typo_yaml"] = _write(ws.path("typo.yaml"), "OPTIM:\n  BASE_LRR: 0.1\n")
+    ws["text_pyth"] = _write(ws.path("notes.pyth"), "not a checkpoint\n")
+    ws["object_pyth"] = ws.path("object.pyth")
+    torch.save(
+        {"epoch": 0, "model_state": {}, "made": datetime.date(2024, 1, 1)}, ws["object_pyth"]
+    )
+    ws["other_pyth"] = _tiny_checkpoint(ws.path("other.pyth"), **{"EN.DEPTHS": "[1,2,1,1,1,1,1]"})
+    good = _tiny_checkpoint(ws.path("good.pyth"))
+    with open(good, "rb") as f:
+        content = f.read()
+    ws["truncated_pyth"] = ws.path("truncated.pyth")
+    with open(ws["truncated_pyth"], "wb") as f:
+        f.write(content[: len(content) // 2])
+    ws["corrupt_out"] = ws.path("corrupt_out")
+    os.makedirs(os.path.join(ws["corrupt_out"], "checkpoints"))
+    shutil.copy(
+        ws["truncated_pyth"],
+        os.path.join(ws["corrupt_out"], "checkpoints", "model_epoch_0001.pyth"),
+    )
+    return ws
+
+
+def run_row(r, ws):
+    """Runs a row's command; returns (exit code, the checked text, the whole output)."""
+    argv, extra_env = r.cmd(ws)
+    env = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARS}
+    env.update(OMP_NUM_THREADS="1", PYTHONPATH=REPO)
+    env.update(extra_env or {})
+    merged = r.stream == "output"
+    result = subprocess.run(
+        argv,
+        env=env,
+        cwd=ws.root,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT if merged else subprocess.PIPE,
+        text=True,
+    )
+    checked = result.stdout if merged else result.stderr
+    return result.returncode, checked, result.stdout + (result.stderr or "")
+
+
+def last_line(text):
+    """Returns the last non-empty line of a text."""
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    """The workspace of the rows; launcher output under test/output/DEVICE_ID is removed after."""
+    output = os.path.join(REPO, "test", "output", DEVICE_ID)
+    existed = os.path.exists(output)
+    yield make_workspace(str(tmp_path_factory.mktemp("bad_inputs")))
+    if not existed:
+        shutil.rmtree(output, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def results(request, workspace):
+    """Starts the selected rows in the background; maps row id -> future (code, text, output)."""
+    ids = {
+        item.callspec.id
+        for item in request.session.items
+        if getattr(item, "callspec", None) is not None and "bad" in item.callspec.params
+    }
+    pool = concurrent.futures.ThreadPoolExecutor(PARALLEL)
+    futures = {}
+    for r in ROWS:
+        if r.id in ids and not (r.needs and r.needs(workspace)):
+            futures[r.id] = pool.submit(run_row, r, workspace)
+    yield futures
+    pool.shutdown(wait=True)
+
+
+def test_the_table_is_big_and_ids_unique():
+    assert len(ROWS) >= 25 and len({r.id for r in ROWS}) == len(ROWS)
+
+
+@pytest.mark.parametrize(
+    "bad", [pytest.param(r, id=r.id, marks=[pytest.mark.slow] if r.slow else []) for r in ROWS]
+)
+def test_bad_input(bad, workspace, results):
+    reason = bad.needs and bad.needs(workspace)
+    if reason:
+        pytest.skip(reason)
+    code, checked, output = results[bad.id].result()
+    assert "Traceback" not in output, output[-3000:]
+    line = last_line(checked)
+    assert re.fullmatch(bad.error, line), "{!r} does not match {!r}".format(line, bad.error)
+    assert code == bad.code, output[-3000:]
+    if bad.id == "cfg_py":
+        assert not os.path.exists(workspace.path("ran"))  # the .py config never ran
+
+
+def markdown(outcomes, root):
+    """Returns the Markdown table (input, error line, exit code) of rows run."""
+    lines = ["| Input | Error line | Exit code |", "| --- | --- | --- |"]
+    for r, (code, checked, _) in outcomes:
+        error = last_line(checked).replace(root, "…").replace("|", "\\|")
+        lines.append("| {} | `{}` | {} |".format(r.what, error, code))
+    return "\n".join(lines) + "\n"
+
+
+def main():
+    """Runs every row and prints the Markdown table."""
+    output = os.path.join(REPO, "test", "output", DEVICE_ID)
+    existed = os.path.exists(output)
+    with tempfile.TemporaryDirectory() as root:
+        ws = make_workspace(root)
+        rows = [r for r in ROWS if not (r.needs and r.needs(ws))]
+        with concurrent.futures.ThreadPoolExecutor(PARALLEL) as pool:
+            outcomes = list(zip(rows, pool.map(lambda r: run_row(r, ws), rows)))
+        sys.stdout.write(markdown(outcomes, root))
+    if not existed:
+        shutil.rmtree(output, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
