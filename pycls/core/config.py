@@ -582,7 +582,8 @@ def assert_cfg():
         raise PyclsError("config key DATA_LOADER.NUM_WORKERS must be 0 or more")
     low, high = (list(_C.TRAIN.CROP_SCALE) + [0, 0])[:2]
     if len(_C.TRAIN.CROP_SCALE) != 2 or not 0 < low <= high <= 1:
-        raise PyclsError("config key TRAIN.CROP_SCALE must be [low, high] with 0 < low <= high <= 1")
+        msg = "config key TRAIN.CROP_SCALE must be [low, high] with 0 < low <= high <= 1"
+        raise PyclsError(msg)
     if not 0.0 <= _C.TRAIN.HFLIP <= 1.0:
         raise PyclsError("config key TRAIN.HFLIP is a probability: give a value from 0 to 1")
     if not 0.0 <= _C.DATA_LOADER.MAX_BAD_FRACTION <= 1.0:
