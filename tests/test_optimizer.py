@@ -61,7 +61,21 @@ def test_sgd_with_custom_weight_decays():
     ]
     defaults = optimizer.defaults
     assert (defaults["lr"], defaults["momentum"], defaults["nesterov"]) == (0.1, 0.8, True)
-    assert defaults["foreach"] is False  # measured: no faster on CPU
+    assert defaults["foreach"] is False and defaults["fused"] is True  # fastest on CPU
+
+
+def test_fused_sgd_survives_a_skipped_first_step():
+    # GradScaler skips a step with inf grads; fused SGD must not then read unset buffers
+    model = TinyNet()
+    optimizer = optim.construct_optimizer(model)
+    before = [p.detach().clone() for p in model.parameters()]
+    for p in model.parameters():
+        p.grad = torch.full_like(p, float("inf"))
+    optimizer.grad_scale, optimizer.found_inf = None, torch.ones(())
+    optimizer.step()
+    for p, old in zip(model.parameters(), before):
+        assert torch.equal(p, old)
+        assert torch.equal(optimizer.state[p]["momentum_buffer"], torch.zeros_like(p))
 
 
 def test_default_weight_decay_everywhere_and_frozen_params_left_out():

@@ -9,8 +9,22 @@ import torch.nn as nn
 from pycls.core.config import cfg
 from pycls.core.errors import PyclsError
 
+
+class SiLU(nn.SiLU):
+    """SiLU that works in place only where autograd does not record it.
+
+    The backward of SiLU needs its input, so under autograd an in-place SiLU makes autograd
+    keep a full copy of that input: a copy per activation and no memory saved (measured in
+    benchmarks/README.md). Without autograd (eval, inference) in place saves the allocation.
+    """
+
+    def forward(self, x):
+        inplace = self.inplace and not (torch.is_grad_enabled() and x.requires_grad)
+        return nn.functional.silu(x, inplace=inplace)
+
+
 # Activation functions by name (MODEL.ACTIVATION_FUN)
-_ACTIVATIONS = {"relu": nn.ReLU, "silu": nn.SiLU, "swish": nn.SiLU}
+_ACTIVATIONS = {"relu": nn.ReLU, "silu": SiLU, "swish": SiLU}
 
 # Keys every model's params dict holds for its layers (see layer_params)
 LAYER_KEYS = ("bn_eps", "bn_mom", "activation", "activation_inplace")
