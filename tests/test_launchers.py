@@ -105,6 +105,20 @@ def test_env_npu_is_harmless_without_cann():
     assert res.returncode == 0 and res.stdout.strip() == "ok 1"
 
 
+def test_readme_quick_start_is_the_tested_commands():
+    # Exactly two commands in the quick start's code block: the script tested below and the
+    # test command that .ci/run calls
+    with open(os.path.join(REPO, "README.md")) as f:
+        section = f.read().split("## Quick start", 1)[1].split("\n## ", 1)[0]
+    blocks = section.split("```")
+    assert len(blocks) == 3, "one code block in the quick start"
+    commands = [ln.strip() for ln in blocks[1].splitlines()[1:] if ln.strip()]
+    assert commands == ["bash tools/quickstart.sh", ".venv/bin/python -m pytest -q"]
+    with open(os.path.join(REPO, ".ci", "run")) as f:
+        ci_lines = [ln.strip() for ln in f]
+    assert "bash tools/install.sh" in ci_lines and commands[1] in ci_lines
+
+
 @pytest.mark.slow
 def test_quickstart_at_reduced_size():
     # The README's first command, through the same script: 1 epoch at 16px
