@@ -301,8 +301,9 @@ def test_plot_log_draws_named_runs(tmp_path, monkeypatch):
     assert err_ax.get_xlabel() == "epoch" and "top-1 error" in err_ax.get_ylabel()
     assert err_ax.get_title() and loss_ax.get_title() and loss_ax.get_ylabel() == "loss"
     legend = [t.get_text() for t in err_ax.get_legend().get_texts()]
-    assert legend == ["run_a train", "run_a test", "run_a test EMA", "0 train", "0 test"]
-    assert [t.get_text() for t in loss_ax.get_legend().get_texts()] == ["run_a train", "0 train"]
+    run_b = ["0/train_1p train", "0/train_1p test"]
+    assert legend == ["run_a train", "run_a test", "run_a test EMA"] + run_b
+    assert [t.get_text() for t in loss_ax.get_legend().get_texts()] == ["run_a train", run_b[0]]
     xs, ys = err_ax.get_lines()[0].get_data()
     assert list(xs) == [1.0, 2.0, 3.0] and list(ys) == [80.0, 70.0, 60.0]
 
@@ -310,7 +311,8 @@ def test_plot_log_draws_named_runs(tmp_path, monkeypatch):
 def test_plot_log_names_and_fallbacks(tmp_path):
     log = _write_log(str(tmp_path / "a" / "stdout.log"))
     other = _write_log(str(tmp_path / "a" / "case.log"))
-    assert plot_log.run_names([log, other]) == ["a/stdout", "a/case"]
+    assert plot_log.run_names([log, other]) == ["a", "a/case"]
+    assert plot_log.run_names([str(tmp_path / "a")]) == ["a"]
     assert plot_log.run_names([log], ["mine"]) == ["mine"]
     with pytest.raises(PyclsError, match="1 names for 2 logs"):
         plot_log.main([log, other, "--out", str(tmp_path / "x.png"), "--names", "one"])

@@ -47,19 +47,29 @@ def log_file(path):
 
 
 def run_names(paths, names=None):
-    """Returns one name per run: the given names, else each log's folder name."""
+    """Returns one name per run: the given names, else one made from each log's path."""
     if names is not None:
         if len(names) != len(paths):
             msg = "--names has {} names for {} logs; give one per log"
             raise PyclsError(msg.format(len(names), len(paths)))
         return list(names)
     files = [os.path.abspath(log_file(p)) for p in paths]
-    folders = [os.path.basename(os.path.dirname(f)) for f in files]
-    # Logs of one folder (test/output/<id>/<case>.log) also get their file name
+    # An OUT_DIR's stdout.log is named by its folder; any other log (a launcher's
+    # test/output/<id>/<case>.log) by its folder and file name
     return [
-        d if folders.count(d) == 1 else "{}/{}".format(d, os.path.splitext(os.path.basename(f))[0])
-        for d, f in zip(folders, files)
+        _folder(f) if os.path.basename(f) == _LOG_NAME else "{}/{}".format(_folder(f), _stem(f))
+        for f in files
     ]
+
+
+def _folder(path):
+    """Returns the name of the folder a file is in."""
+    return os.path.basename(os.path.dirname(path))
+
+
+def _stem(path):
+    """Returns a file's name without its extension."""
+    return os.path.splitext(os.path.basename(path))[0]
 
 
 def _epoch_x(stats, path):
