@@ -205,6 +205,29 @@ def test_resnet_type_complexity_equals_pycls(name):
     assert _num_params(model) == expected[1]
 
 
+@pytest.mark.parametrize("stem", ["res_stem_cifar", "res_stem_in", "simple_stem_in"])
+@pytest.mark.parametrize(
+    "block",
+    ["vanilla_block", "res_basic_block", "res_bottleneck_block", "res_bottleneck_linear_block"],
+)
+def test_every_anynet_stem_and_block_builds_and_counts(stem, block):
+    opts = ["MODEL.TYPE", "anynet", "MODEL.NUM_CLASSES", 10, "ANYNET.STEM_TYPE", stem]
+    opts += ["ANYNET.STEM_W", 8, "ANYNET.BLOCK_TYPE", block, "ANYNET.DEPTHS", [1, 2]]
+    opts += ["ANYNET.WIDTHS", [8, 16], "ANYNET.STRIDES", [1, 2], "ANYNET.BOT_MULS", [1.0, 0.5]]
+    opts += ["ANYNET.GROUP_WS", [4, 4], "ANYNET.HEAD_W", 32, "ANYNET.SE_ON", True]
+    merge_from_list([str(v) for v in opts])
+    with torch.no_grad():
+        model = builders.build_model().eval()
+        out = model(torch.randn(2, 3, 32, 32))
+    assert out.shape == (2, 10) and torch.isfinite(out).all()
+    assert _num_params(model) == net.complexity(model)["params"]
+    shapes = _shapes(model)
+    if block in ("res_basic_block", "res_bottleneck_block"):
+        # the first block of stage 2 changes width and stride: a projected skip
+        assert shapes["s2.b1.proj.weight"] == (16, 8, 1, 1) and "s2.b2.proj.weight" not in shapes
+        assert shapes["s2.b1.bn.weight"] == (16,) and "s2.b2.f.a.weight" in shapes
+
+
 def test_resnet_type_keys_equal_anynet_resnet():
     _load_resnet_case("R-50")
     resnet = builders.build_model()

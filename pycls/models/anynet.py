@@ -7,6 +7,9 @@ from pycls.core.errors import PyclsError
 from pycls.models.blocks import (
     LAYER_KEYS,
     SE,
+    ResStemCifar,
+    ResStemIN,
+    SimpleStemIN,
     activation,
     check_params,
     conv2d,
@@ -19,8 +22,6 @@ from pycls.models.blocks import (
     linear_cx,
     norm2d,
     norm2d_cx,
-    pool2d,
-    pool2d_cx,
 )
 
 # Keys of an AnyNet params dict: the architecture, then the layers and init
@@ -44,8 +45,8 @@ def get_stem_fun(stem_type):
     """Retrieves the stem class by name."""
     stem_funs = {
         "res_stem_cifar": ResStemCifar,
-        "res_stem_in": ResStem,
-        "simple_stem_in": SimpleStem,
+        "res_stem_in": ResStemIN,
+        "simple_stem_in": SimpleStemIN,
     }
     if stem_type not in stem_funs:
         msg = "stem type {!r} is not supported; choose one of {}"
@@ -149,8 +150,11 @@ class BasicTransform(Module):
         return cx
 
 
-class ResBasicBlock(Module):
-    """Residual basic block: x + f(x), f = basic transform."""
+class _ResidualBlock(Module):
+    """Residual block: AF(x + f(x)), x projected (1x1 conv, BN) when the shape changes."""
+
+    # The transform f, set by each subclass
+    transform = None
 
     def __init__(self, w_in, w_out, stride, p):
         super().__init__()
@@ -158,22 +162,27 @@ class ResBasicBlock(Module):
         if (w_in != w_out) or (stride != 1):
             self.proj = conv2d(w_in, w_out, 1, stride=stride)
             self.bn = norm2d(w_out, p)
-        self.f = BasicTransform(w_in, w_out, stride, p)
+        self.f = self.transform(w_in, w_out, stride, p)
         self.af = activation(p)
 
     def forward(self, x):
         x_p = self.bn(self.proj(x)) if self.proj is not None else x
         return self.af(x_p + self.f(x))
 
-    @staticmethod
-    def complexity(cx, w_in, w_out, stride, p=None):
+    @classmethod
+    def complexity(cls, cx, w_in, w_out, stride, p=None):
         if (w_in != w_out) or (stride != 1):
             h, w = cx["h"], cx["w"]
             cx = conv2d_cx(cx, w_in, w_out, 1, stride=stride)
             cx = norm2d_cx(cx, w_out)
             cx = dict(cx, h=h, w=w)
-        cx = BasicTransform.complexity(cx, w_in, w_out, stride, p)
-        return cx
+        return cls.transform.complexity(cx, w_in, w_out, stride, p)
+
+
+class ResBasicBlock(_ResidualBlock):
+    """Residual basic block: x + f(x), f = basic transform."""
+
+    transform = BasicTransform
 
 
 def _bottleneck_widths(w_in, w_out, p):
@@ -223,31 +232,10 @@ class BottleneckTransform(Module):
         return cx
 
 
-class ResBottleneckBlock(Module):
+class ResBottleneckBlock(_ResidualBlock):
     """Residual bottleneck block: x + f(x), f = bottleneck transform."""
 
-    def __init__(self, w_in, w_out, stride, p):
-        super().__init__()
-        self.proj, self.bn = None, None
-        if (w_in != w_out) or (stride != 1):
-            self.proj = conv2d(w_in, w_out, 1, stride=stride)
-            self.bn = norm2d(w_out, p)
-        self.f = BottleneckTransform(w_in, w_out, stride, p)
-        self.af = activation(p)
-
-    def forward(self, x):
-        x_p = self.bn(self.proj(x)) if self.proj is not None else x
-        return self.af(x_p + self.f(x))
-
-    @staticmethod
-    def complexity(cx, w_in, w_out, stride, p):
-        if (w_in != w_out) or (stride != 1):
-            h, w = cx["h"], cx["w"]
-            cx = conv2d_cx(cx, w_in, w_out, 1, stride=stride)
-            cx = norm2d_cx(cx, w_out)
-            cx = dict(cx, h=h, w=w)
-        cx = BottleneckTransform.complexity(cx, w_in, w_out, stride, p)
-        return cx
+    transform = BottleneckTransform
 
 
 class ResBottleneckLinearBlock(Module):
@@ -264,65 +252,6 @@ class ResBottleneckLinearBlock(Module):
     @staticmethod
     def complexity(cx, w_in, w_out, stride, p):
         return BottleneckTransform.complexity(cx, w_in, w_out, stride, p)
-
-
-class ResStemCifar(Module):
-    """ResNet stem for CIFAR: 3x3, BN, AF."""
-
-    def __init__(self, w_in, w_out, p):
-        super().__init__()
-        self.conv = conv2d(w_in, w_out, 3)
-        self.bn = norm2d(w_out, p)
-        self.af = activation(p)
-
-    def forward(self, x):
-        return self.af(self.bn(self.conv(x)))
-
-    @staticmethod
-    def complexity(cx, w_in, w_out, _p=None):
-        cx = conv2d_cx(cx, w_in, w_out, 3)
-        cx = norm2d_cx(cx, w_out)
-        return cx
-
-
-class ResStem(Module):
-    """ResNet stem for ImageNet: 7x7, BN, AF, MaxPool."""
-
-    def __init__(self, w_in, w_out, p):
-        super().__init__()
-        self.conv = conv2d(w_in, w_out, 7, stride=2)
-        self.bn = norm2d(w_out, p)
-        self.af = activation(p)
-        self.pool = pool2d(w_out, 3, stride=2)
-
-    def forward(self, x):
-        return self.pool(self.af(self.bn(self.conv(x))))
-
-    @staticmethod
-    def complexity(cx, w_in, w_out, _p=None):
-        cx = conv2d_cx(cx, w_in, w_out, 7, stride=2)
-        cx = norm2d_cx(cx, w_out)
-        cx = pool2d_cx(cx, w_out, 3, stride=2)
-        return cx
-
-
-class SimpleStem(Module):
-    """Simple stem for ImageNet: 3x3, BN, AF."""
-
-    def __init__(self, w_in, w_out, p):
-        super().__init__()
-        self.conv = conv2d(w_in, w_out, 3, stride=2)
-        self.bn = norm2d(w_out, p)
-        self.af = activation(p)
-
-    def forward(self, x):
-        return self.af(self.bn(self.conv(x)))
-
-    @staticmethod
-    def complexity(cx, w_in, w_out, _p=None):
-        cx = conv2d_cx(cx, w_in, w_out, 3, stride=2)
-        cx = norm2d_cx(cx, w_out)
-        return cx
 
 
 class AnyStage(Module):

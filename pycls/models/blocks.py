@@ -158,6 +158,68 @@ class SE(nn.Module):
         return dict(cx, h=h, w=w)
 
 
+# ------------------------ Stems of AnyNet, ResNet and EffNet ------------------------ #
+
+
+class ResStemCifar(nn.Module):
+    """ResNet stem for CIFAR: 3x3, BN, AF."""
+
+    def __init__(self, w_in, w_out, p):
+        super().__init__()
+        self.conv = conv2d(w_in, w_out, 3)
+        self.bn = norm2d(w_out, p)
+        self.af = activation(p)
+
+    def forward(self, x):
+        return self.af(self.bn(self.conv(x)))
+
+    @staticmethod
+    def complexity(cx, w_in, w_out, _p=None):
+        cx = conv2d_cx(cx, w_in, w_out, 3)
+        cx = norm2d_cx(cx, w_out)
+        return cx
+
+
+class ResStemIN(nn.Module):
+    """ResNet stem for ImageNet: 7x7, BN, AF, MaxPool."""
+
+    def __init__(self, w_in, w_out, p):
+        super().__init__()
+        self.conv = conv2d(w_in, w_out, 7, stride=2)
+        self.bn = norm2d(w_out, p)
+        self.af = activation(p)
+        self.pool = pool2d(w_out, 3, stride=2)
+
+    def forward(self, x):
+        return self.pool(self.af(self.bn(self.conv(x))))
+
+    @staticmethod
+    def complexity(cx, w_in, w_out, _p=None):
+        cx = conv2d_cx(cx, w_in, w_out, 7, stride=2)
+        cx = norm2d_cx(cx, w_out)
+        cx = pool2d_cx(cx, w_out, 3, stride=2)
+        return cx
+
+
+class SimpleStemIN(nn.Module):
+    """Simple stem for ImageNet: 3x3, BN, AF."""
+
+    def __init__(self, w_in, w_out, p):
+        super().__init__()
+        self.conv = conv2d(w_in, w_out, 3, stride=2)
+        self.bn = norm2d(w_out, p)
+        self.af = activation(p)
+
+    def forward(self, x):
+        return self.af(self.bn(self.conv(x)))
+
+    @staticmethod
+    def complexity(cx, w_in, w_out, _p=None):
+        cx = conv2d_cx(cx, w_in, w_out, 3, stride=2)
+        cx = norm2d_cx(cx, w_out)
+        return cx
+
+
 # ---------------------------------- Miscellaneous ----------------------------------- #
 
 

@@ -7,6 +7,7 @@ from pycls.core.errors import PyclsError
 from pycls.models.blocks import (
     LAYER_KEYS,
     SE,
+    SimpleStemIN,
     activation,
     check_params,
     conv2d,
@@ -123,25 +124,6 @@ class EffStage(Module):
         return cx
 
 
-class StemIN(Module):
-    """EfficientNet stem for ImageNet: 3x3, BN, AF."""
-
-    def __init__(self, w_in, w_out, p):
-        super().__init__()
-        self.conv = conv2d(w_in, w_out, 3, stride=2)
-        self.bn = norm2d(w_out, p)
-        self.af = activation(p)
-
-    def forward(self, x):
-        return self.af(self.bn(self.conv(x)))
-
-    @staticmethod
-    def complexity(cx, w_in, w_out, _p=None):
-        cx = conv2d_cx(cx, w_in, w_out, 3, stride=2)
-        cx = norm2d_cx(cx, w_out)
-        return cx
-
-
 def _stage_params(p):
     """Groups the per-stage lists of an EffNet params dict, checking their lengths."""
     lists = [p[k] for k in ("ds", "ws", "exp_rs", "ss", "ks")]
@@ -176,7 +158,7 @@ class EffNet(Module):
         super().__init__()
         p = EffNet.get_params() if not params else check_params(params, _KEYS, "EffNet")
         self.params = dict(p)
-        self.stem = StemIN(3, p["sw"], p)
+        self.stem = SimpleStemIN(3, p["sw"], p)
         prev_w = p["sw"]
         for i, (d, w, exp_r, stride, k) in enumerate(_stage_params(p)):
             stage = EffStage(prev_w, exp_r, k, stride, p["se_r"], w, d, p)
@@ -194,7 +176,7 @@ class EffNet(Module):
     def complexity(cx, params=None):
         """Computes model complexity (if you alter the model, make sure to update)."""
         p = EffNet.get_params() if not params else check_params(params, _ARCH_KEYS, "EffNet")
-        cx = StemIN.complexity(cx, 3, p["sw"])
+        cx = SimpleStemIN.complexity(cx, 3, p["sw"])
         prev_w = p["sw"]
         for d, w, exp_r, stride, k in _stage_params(p):
             cx = EffStage.complexity(cx, prev_w, exp_r, k, stride, p["se_r"], w, d)

@@ -6,6 +6,8 @@ from pycls.core.config import cfg
 from pycls.core.errors import PyclsError
 from pycls.models.blocks import (
     LAYER_KEYS,
+    ResStemCifar,
+    ResStemIN,
     activation,
     check_params,
     conv2d,
@@ -18,8 +20,6 @@ from pycls.models.blocks import (
     linear_cx,
     norm2d,
     norm2d_cx,
-    pool2d,
-    pool2d_cx,
 )
 
 # Stage depths for ImageNet models
@@ -179,46 +179,6 @@ class ResStage(Module):
         for _ in range(d):
             cx = ResBlock.complexity(cx, w_in, w_out, stride, trans_fun, p, w_b, groups)
             stride, w_in = 1, w_out
-        return cx
-
-
-class ResStemCifar(Module):
-    """ResNet stem for CIFAR: 3x3, BN, AF."""
-
-    def __init__(self, w_in, w_out, p):
-        super().__init__()
-        self.conv = conv2d(w_in, w_out, 3)
-        self.bn = norm2d(w_out, p)
-        self.af = activation(p)
-
-    def forward(self, x):
-        return self.af(self.bn(self.conv(x)))
-
-    @staticmethod
-    def complexity(cx, w_in, w_out, _p=None):
-        cx = conv2d_cx(cx, w_in, w_out, 3)
-        cx = norm2d_cx(cx, w_out)
-        return cx
-
-
-class ResStemIN(Module):
-    """ResNet stem for ImageNet: 7x7, BN, AF, MaxPool."""
-
-    def __init__(self, w_in, w_out, p):
-        super().__init__()
-        self.conv = conv2d(w_in, w_out, 7, stride=2)
-        self.bn = norm2d(w_out, p)
-        self.af = activation(p)
-        self.pool = pool2d(w_out, 3, stride=2)
-
-    def forward(self, x):
-        return self.pool(self.af(self.bn(self.conv(x))))
-
-    @staticmethod
-    def complexity(cx, w_in, w_out, _p=None):
-        cx = conv2d_cx(cx, w_in, w_out, 7, stride=2)
-        cx = norm2d_cx(cx, w_out)
-        cx = pool2d_cx(cx, w_out, 3, stride=2)
         return cx
 
 
