@@ -161,27 +161,35 @@ class SE(nn.Module):
 # ------------------------ Stems of AnyNet, ResNet and EffNet ------------------------ #
 
 
-class ResStemCifar(nn.Module):
-    """ResNet stem for CIFAR: 3x3, BN, AF."""
+class SimpleStemIN(nn.Module):
+    """Simple stem for ImageNet: 3x3 conv (stride 2), BN, AF."""
+
+    stride = 2
 
     def __init__(self, w_in, w_out, p):
         super().__init__()
-        self.conv = conv2d(w_in, w_out, 3)
+        self.conv = conv2d(w_in, w_out, 3, stride=self.stride)
         self.bn = norm2d(w_out, p)
         self.af = activation(p)
 
     def forward(self, x):
         return self.af(self.bn(self.conv(x)))
 
-    @staticmethod
-    def complexity(cx, w_in, w_out, _p=None):
-        cx = conv2d_cx(cx, w_in, w_out, 3)
+    @classmethod
+    def complexity(cls, cx, w_in, w_out, _p=None):
+        cx = conv2d_cx(cx, w_in, w_out, 3, stride=cls.stride)
         cx = norm2d_cx(cx, w_out)
         return cx
 
 
+class ResStemCifar(SimpleStemIN):
+    """ResNet stem for CIFAR: 3x3 conv (stride 1), BN, AF."""
+
+    stride = 1
+
+
 class ResStemIN(nn.Module):
-    """ResNet stem for ImageNet: 7x7, BN, AF, MaxPool."""
+    """ResNet stem for ImageNet: 7x7 conv (stride 2), BN, AF, 3x3 max pool (stride 2)."""
 
     def __init__(self, w_in, w_out, p):
         super().__init__()
@@ -198,25 +206,6 @@ class ResStemIN(nn.Module):
         cx = conv2d_cx(cx, w_in, w_out, 7, stride=2)
         cx = norm2d_cx(cx, w_out)
         cx = pool2d_cx(cx, w_out, 3, stride=2)
-        return cx
-
-
-class SimpleStemIN(nn.Module):
-    """Simple stem for ImageNet: 3x3, BN, AF."""
-
-    def __init__(self, w_in, w_out, p):
-        super().__init__()
-        self.conv = conv2d(w_in, w_out, 3, stride=2)
-        self.bn = norm2d(w_out, p)
-        self.af = activation(p)
-
-    def forward(self, x):
-        return self.af(self.bn(self.conv(x)))
-
-    @staticmethod
-    def complexity(cx, w_in, w_out, _p=None):
-        cx = conv2d_cx(cx, w_in, w_out, 3, stride=2)
-        cx = norm2d_cx(cx, w_out)
         return cx
 
 
