@@ -8,6 +8,26 @@ import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+# The environment a launcher or torchrun sets for its ranks; tests remove it from their children
+LAUNCH_VARS = ["RANK", "LOCAL_RANK", "WORLD_SIZE", "RANK_SIZE", "MASTER_ADDR", "MASTER_PORT"]
+
+# KEY VALUE changes that make a dds EN config a tiny EfficientNet on 16px images of 3 classes
+TINY_EN_OPTS = {
+    "MODEL.NUM_CLASSES": "3",
+    "EN.STEM_W": "8",
+    "EN.DEPTHS": "[1,1,1,1,1,1,1]",
+    "EN.WIDTHS": "[8,8,16,16,24,24,32]",
+    "EN.HEAD_W": "64",
+    "TRAIN.IM_SIZE": "16",
+    "TEST.IM_SIZE": "16",
+    "TRAIN.BATCH_SIZE": "4",
+    "TEST.BATCH_SIZE": "6",
+    "OPTIM.MAX_EPOCH": "1",
+    "DATA_LOADER.NUM_WORKERS": "0",
+    "LOG_PERIOD": "2",
+    "VERBOSE": "False",
+}
+
 # A small EfficientNet (the real EffNet code, fewer and narrower blocks) for fast CPU runs
 TINY_EN = """\
 MODEL:
@@ -58,6 +78,17 @@ def tiny_cfg(tmp_path_factory):
     path = tmp_path_factory.mktemp("cfg") / "tiny_en.yaml"
     path.write_text(TINY_EN)
     return str(path)
+
+
+@pytest.fixture
+def fresh_cfg(tmp_path):
+    """The default config around a test, with OUT_DIR in the test's tmp_path."""
+    from pycls.core import config
+
+    config.reset_cfg()
+    config.cfg.OUT_DIR = str(tmp_path)
+    yield
+    config.reset_cfg()
 
 
 def run_tool(tool, *args, env=None, cwd=REPO):

@@ -22,34 +22,19 @@ import tempfile
 import pytest
 import torch
 from _data_utils import make_image_folder, write_bad_file
+from conftest import LAUNCH_VARS, REPO, TINY_EN_OPTS
 
 import pycls.core.builders as builders
 from pycls.core import config
 from pycls.core.config import cfg
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CFG = os.path.join(REPO, "configs", "dds_baselines", "effnet", "EN-B0_dds_8gpu.yaml")
-LAUNCH_VARS = ["RANK", "LOCAL_RANK", "WORLD_SIZE", "RANK_SIZE", "MASTER_ADDR", "MASTER_PORT"]
 
 # Launcher runs write under test/output/<this id>/ (kept apart from other runs, removed after)
 DEVICE_ID = "93"
 
 # A tiny EfficientNet on 16px images of 3 classes
-TINY = {
-    "MODEL.NUM_CLASSES": "3",
-    "EN.STEM_W": "8",
-    "EN.DEPTHS": "[1,1,1,1,1,1,1]",
-    "EN.WIDTHS": "[8,8,16,16,24,24,32]",
-    "EN.HEAD_W": "64",
-    "TRAIN.IM_SIZE": "16",
-    "TEST.IM_SIZE": "16",
-    "TRAIN.BATCH_SIZE": "4",
-    "TEST.BATCH_SIZE": "6",
-    "OPTIM.MAX_EPOCH": "1",
-    "DATA_LOADER.NUM_WORKERS": "0",
-    "LOG_PERIOD": "2",
-    "VERBOSE": "False",
-}
+TINY = TINY_EN_OPTS
 
 # Rows run at once in the background
 PARALLEL = 3

@@ -10,17 +10,10 @@ import simplejson
 
 import pycls.core.distributed as dist
 import pycls.core.logging as logging
-from pycls.core import config
 from pycls.core.config import cfg
 from pycls.core.errors import PyclsError
 
-
-@pytest.fixture(autouse=True)
-def fresh_cfg(tmp_path):
-    config.reset_cfg()
-    cfg.OUT_DIR = str(tmp_path)
-    yield
-    config.reset_cfg()
+pytestmark = pytest.mark.usefixtures("fresh_cfg")
 
 
 @pytest.fixture

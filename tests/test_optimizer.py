@@ -8,9 +8,10 @@ import pytest
 import torch
 
 import pycls.core.optimizer as optim
-from pycls.core import config
 from pycls.core.config import cfg
 from pycls.core.errors import PyclsError
+
+pytestmark = pytest.mark.usefixtures("fresh_cfg")
 
 
 class TinyNet(torch.nn.Module):
@@ -24,14 +25,6 @@ class TinyNet(torch.nn.Module):
 
     def forward(self, x):
         return self.fc(self.bn(self.conv(x)).mean((2, 3)))
-
-
-@pytest.fixture(autouse=True)
-def fresh_cfg(tmp_path):
-    config.reset_cfg()
-    cfg.OUT_DIR = str(tmp_path)
-    yield
-    config.reset_cfg()
 
 
 def _npu_device():

@@ -22,40 +22,30 @@ import numpy as np
 import pytest
 import torch
 from _data_utils import make_image_folder
+from conftest import LAUNCH_VARS, REPO, TINY_EN_OPTS
 
 import pycls.core.logging as logging
 from pycls.core import amp as amp_module
 from pycls.core import config, distributed, errors, trainer
 from pycls.core.config import cfg
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CFG = os.path.join(REPO, "configs", "dds_baselines", "effnet", "EN-B0_dds_8gpu.yaml")
 TRAIN_NET = os.path.join(REPO, "tools", "train_net.py")
 TEST_NET = os.path.join(REPO, "tools", "test_net.py")
-LAUNCH_VARS = ["RANK", "LOCAL_RANK", "WORLD_SIZE", "RANK_SIZE", "MASTER_ADDR", "MASTER_PORT"]
 
 # A tiny EfficientNet on 16px images of 3 classes, with dropout, drop connect and mixup on, so
 # that a resume which got the RNG streams wrong ends elsewhere
-TINY = {
-    "MODEL.NUM_CLASSES": "3",
-    "EN.STEM_W": "8",
-    "EN.DEPTHS": "[1,1,1,1,1,1,1]",
-    "EN.WIDTHS": "[8,8,16,16,24,24,32]",
-    "EN.HEAD_W": "64",
-    "EN.DROPOUT_RATIO": "0.3",
-    "EN.DC_RATIO": "0.2",
-    "TRAIN.MIXUP_ALPHA": "0.2",
-    "TRAIN.IM_SIZE": "16",
-    "TEST.IM_SIZE": "16",
-    "TRAIN.BATCH_SIZE": "4",
-    "TEST.BATCH_SIZE": "6",
-    "OPTIM.BASE_LR": "0.05",
-    "OPTIM.MAX_EPOCH": "3",
-    "DATA_LOADER.NUM_WORKERS": "0",
-    "LOG_PERIOD": "2",
-    "DETERMINISTIC": "True",
-    "VERBOSE": "False",
-}
+TINY = dict(
+    TINY_EN_OPTS,
+    **{
+        "EN.DROPOUT_RATIO": "0.3",
+        "EN.DC_RATIO": "0.2",
+        "TRAIN.MIXUP_ALPHA": "0.2",
+        "OPTIM.BASE_LR": "0.05",
+        "OPTIM.MAX_EPOCH": "3",
+        "DETERMINISTIC": "True",
+    },
+)
 
 # Two loader workers per process: persistent workers must reseed per epoch for a resume to match
 WORKERS = {"DATA_LOADER.NUM_WORKERS": "2"}
