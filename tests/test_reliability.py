@@ -762,6 +762,18 @@ def test_lost_peer_is_one_line_and_recorded_for_torchrun(tmp_path, monkeypatch, 
         errors.run_cli(lambda: (_ for _ in ()).throw(RuntimeError("a bug")))
 
 
+def test_an_error_line_is_one_write(monkeypatch):
+    # Ranks failing together share one stderr pipe: each line must reach it in one write
+    # (stderr is write-through, so print() would send the text and its newline apart)
+    writes = []
+    fake = types.SimpleNamespace(write=writes.append, flush=lambda: None)
+    monkeypatch.setattr(sys, "stderr", fake)
+    monkeypatch.delenv("TORCHELASTIC_ERROR_FILE", raising=False)
+    with pytest.raises(SystemExit):
+        errors.run_cli(lambda: (_ for _ in ()).throw(errors.PyclsError("bad batch")))
+    assert writes == ["error: bad batch\n"]
+
+
 def test_the_launcher_blames_the_rank_that_failed_first():
     def failure(exitcode, message="", timestamp=10):
         fake = types.SimpleNamespace(exitcode=exitcode, pid=100, timestamp=timestamp)

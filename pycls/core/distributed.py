@@ -22,7 +22,7 @@ import torch
 import torch.distributed as dist
 
 from pycls.core import device as dev
-from pycls.core.errors import LOST_PEER, PyclsError, run_cli
+from pycls.core.errors import LOST_PEER, PyclsError, run_cli, write_stderr_line
 
 # Rendezvous defaults for seed-style launches (torchrun always sets both)
 _MASTER_ADDR = "127.0.0.1"
@@ -111,7 +111,7 @@ def _exit_with_launcher(rank):
         while os.getppid() == parent:
             time.sleep(_LAUNCHER_POLL_S)
         msg = "error: rank {}: its launcher (pid {}) has died, so this rank stops too"
-        print(msg.format(rank, parent), file=sys.stderr, flush=True)
+        write_stderr_line(msg.format(rank, parent))
         os._exit(1)
 
     threading.Thread(target=watch, name="launcher-watch", daemon=True).start()

@@ -69,9 +69,16 @@ def _first_line(error):
     return line.split(". ")[0][:200]
 
 
+def write_stderr_line(message):
+    """Writes one line on stderr in a single write. stderr is write-through, so print() writes
+    a message and its newline apart, and the lines of ranks failing together run into each other."""
+    sys.stderr.write(message + "\n")
+    sys.stderr.flush()
+
+
 def _fail(message, code):
     """Prints one line on stderr (and for torchrun in its error file) and exits with the code."""
-    print(message, file=sys.stderr, flush=True)
+    write_stderr_line(message)
     _record_for_torchrun(message)
     sys.exit(code)
 
