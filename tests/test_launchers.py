@@ -1,6 +1,7 @@
 """The seed's launchers in test/: arguments, multi-process runs over gloo, the Final result."""
 
 import os
+import re
 import shutil
 import subprocess
 
@@ -117,6 +118,37 @@ def test_readme_quick_start_is_the_tested_commands():
     with open(os.path.join(REPO, ".ci", "run")) as f:
         ci_lines = [ln.strip() for ln in f]
     assert "bash tools/install.sh" in ci_lines and commands[1] in ci_lines
+
+
+@pytest.mark.parametrize("free_mb, message", [
+    (500, r"only 500 MB free on the disk of .*: free space, then rerun bash tools/install.sh"),
+    (90000, r"pip could not install the requirements into .*/\.venv"),
+])  # fmt: skip
+def test_install_failure_names_its_cause(tmp_path, free_mb, message):
+    # install.sh in a copy of the repo whose venv python fails as pip does, beside a stand-in df
+    repo = tmp_path / "repo"
+    (repo / "tools").mkdir(parents=True)
+    shutil.copy(os.path.join(REPO, "tools", "install.sh"), repo / "tools")
+    fakes = {
+        repo
+        / ".venv"
+        / "bin"
+        / "python": "echo 'ERROR: [Errno 28] No space left on device' >&2; exit 1",
+        tmp_path
+        / "bin"
+        / "df": f"echo 'Filesystem 1M-blocks Used Available'; echo 'vda 9 9 {free_mb}'",
+    }
+    for path, body in fakes.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("#!/bin/sh\n" + body + "\n")
+        path.chmod(0o755)
+    env = dict(os.environ, PATH=f"{tmp_path / 'bin'}:{os.environ['PATH']}")
+    res = subprocess.run(
+        ["bash", str(repo / "tools" / "install.sh")], capture_output=True, text=True, env=env
+    )
+    assert res.returncode == 1
+    last = res.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and re.search(message, last), res.stderr
 
 
 @pytest.mark.slow
