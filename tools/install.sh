@@ -10,8 +10,8 @@ if ! "$repo/.venv/bin/python" -m pip install --quiet --disable-pip-version-check
     -r "$repo/requirements-dev.txt" -e "$repo"; then
     # pip's own message is above; a full disk is the failure users meet most (torch's CUDA
     # build for Linux x86_64 takes about 6 GB in the venv), so name it when it is the cause.
-    free_mb=$(df -Pm "$repo" | awk 'NR == 2 {print $4}')
-    if [ "${free_mb:-0}" -lt 2048 ]; then
+    free_mb=$(df -Pm "$repo" 2>/dev/null | awk 'NR == 2 {print $4}') || free_mb=
+    if [ -n "$free_mb" ] && [ "$free_mb" -lt 2048 ]; then
         echo "error: the install stopped with only ${free_mb} MB free on the disk of $repo;" \
             "the venv needs about 6 GB (torch's CUDA build): free space, then rerun bash tools/install.sh" >&2
     else
