@@ -35,18 +35,31 @@ def test_pycls_constants():
     assert transforms.MEAN == (0.485, 0.456, 0.406) and transforms.STD == (0.229, 0.224, 0.225)
 
 
-def test_test_transform_normalises_exactly():
-    out = transforms.test_transform(24, 16)(_flat([10, 128, 250]))
+@pytest.mark.parametrize("order", ["rgb", "bgr"])
+def test_test_transform_normalises_exactly(order):
+    out = transforms.test_transform(24, 16, order)(_flat([10, 128, 250]))
     assert out.shape == (3, 16, 16) and out.dtype == torch.float32
     assert type(out) is torch.Tensor
     want = (torch.tensor([10, 128, 250]).view(3, 1, 1) / 255.0 - MEAN) / STD
+    want = want.flip(0) if order == "bgr" else want  # pycls: normalise in RGB, then reverse
     assert torch.allclose(out, want.expand(3, 16, 16), atol=1e-5)
+
+
+def test_bgr_is_the_default_and_uses_the_bgr_mean_and_std():
+    assert transforms.mean_std("bgr") == ((0.406, 0.456, 0.485), (0.225, 0.224, 0.229))
+    assert transforms.mean_std("rgb") == (transforms.MEAN, transforms.STD)
+    im = _flat([255, 0, 0], (3, 8, 8))  # pure red
+    out = transforms.test_transform(8, 8)(im)
+    assert torch.allclose(out[0], torch.tensor((0.0 - 0.406) / 0.225))  # blue first
+    assert torch.allclose(out[2], torch.tensor((1.0 - 0.485) / 0.229))  # red last
+    with pytest.raises(ValueError, match="channel order 'brg'"):
+        transforms.NormalizeLighting(0.0, "brg")
 
 
 def test_test_transform_resizes_short_side_then_center_crops():
     im = torch.zeros(3, 40, 80, dtype=torch.uint8)
     im[:, :, 40:] = 255  # right half white: the center crop straddles the edge
-    out = transforms.test_transform(20, 10)(im)  # 40x80 -> 20x40 -> center 10x10
+    out = transforms.test_transform(20, 10, "rgb")(im)  # 40x80 -> 20x40 -> center 10x10
     white = (1.0 - MEAN) / STD
     assert torch.allclose(out[:, :, -1], white.view(3, 1).expand(3, 10), atol=1e-4)
     assert torch.allclose(out[:, :, 0], (-MEAN / STD).view(3, 1).expand(3, 10), atol=1e-4)
@@ -76,19 +89,24 @@ def test_train_transform_pieces_in_pycls_order():
 def test_lighting_adds_the_pca_offset_per_image():
     im = _flat([100, 150, 200], (3, 8, 8))
     torch.manual_seed(5)
-    out = transforms.NormalizeLighting(0.1)(im)
+    out = transforms.NormalizeLighting(0.1, "rgb")(im)
     torch.manual_seed(5)
     alpha = torch.randn(3) * 0.1
     offset = torch.tensor(transforms.EIG_VECS) @ (alpha * torch.tensor(transforms.EIG_VALS))
     want = (im.float() / 255 + offset.view(3, 1, 1) - MEAN) / STD
     assert torch.allclose(out, want, atol=1e-5)
-    assert not torch.allclose(out, transforms.NormalizeLighting(0.0)(im))
+    torch.manual_seed(5)  # bgr: the same RGB noise (pycls adds it in RGB), channels reversed
+    assert torch.allclose(transforms.NormalizeLighting(0.1, "bgr")(im), want.flip(0), atol=1e-5)
+    assert not torch.allclose(out, transforms.NormalizeLighting(0.0, "rgb")(im))
     assert torch.equal(transforms.NormalizeLighting(0.0)(im), transforms.NormalizeLighting()(im))
 
 
 def test_normalise_takes_float_images_on_unit_scale():
     im = torch.full((3, 4, 4), 0.5)
-    assert torch.allclose(transforms.NormalizeLighting()(im), ((0.5 - MEAN) / STD).expand(3, 4, 4))
+    want = ((0.5 - MEAN) / STD).expand(3, 4, 4)
+    assert torch.allclose(transforms.NormalizeLighting(0.0, "rgb")(im), want)
+    assert torch.allclose(transforms.NormalizeLighting(0.0, "bgr")(im), want.flip(0))
+    assert torch.equal(im, torch.full((3, 4, 4), 0.5))  # the input is left as it was
 
 
 def test_augment_strings():

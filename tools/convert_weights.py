@@ -18,6 +18,11 @@ eps 1e-3 and momentum 0.01, so pass BN.EPS 0.001 BN.MOM 0.01 for those. torchvis
 and stochastic depth act in training only. The output is a pycls checkpoint (epoch 0,
 model_state, no optimizer state, cfg dump): start from it with TRAIN.WEIGHTS or TEST.WEIGHTS.
 
+torchvision's weights take RGB input; this project feeds the network INPUT.CHANNEL_ORDER (bgr
+by default, as pycls). The stem convolution's input channels are permuted into that order, so
+the converted model, fed by this project's loaders (or predict.py), gives torchvision's
+predictions on the same photo. Convert with the INPUT.CHANNEL_ORDER you will train and test with.
+
 Example:
     python tools/convert_weights.py --src efficientnet_b3_rwightman.pth --out EN-B3_tv.pyth
 """
@@ -124,6 +129,14 @@ def convert_state_dict(src_state):
     return {mapped[k]: src_state[k] for k in keys}
 
 
+def to_channel_order(state, channel_order):
+    """Permutes the stem convolution's input channels from RGB into channel_order."""
+    from pycls.datasets.transforms import channel_index
+
+    index = channel_index(channel_order)
+    return dict(state, **{"stem.conv.weight": state["stem.conv.weight"][:, index].contiguous()})
+
+
 def _listed(items):
     """Lists a few items in one line, with the count of the rest."""
     text = ", ".join(str(i) for i in items[:_MAX_LISTED])
@@ -212,12 +225,15 @@ def main(argv=None):
     state = convert_state_dict(load_source(args.src))
     model = builders.build_model()
     check_state_dict(state, model, args.src)
+    state = to_channel_order(state, cfg.INPUT.CHANNEL_ORDER)
     model.load_state_dict(state, strict=True)
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
     write_checkpoint(state, args.out, cfg.dump())
     params = sum(p.numel() for p in model.parameters())
-    msg = "Wrote {} ({} tensors, {:,} params) from {}; use it as TRAIN.WEIGHTS or TEST.WEIGHTS"
-    print(msg.format(args.out, len(state), params, args.src))
+    msg = "Wrote {} ({} tensors, {:,} params, {} input) from {}; use it as TRAIN.WEIGHTS or "
+    msg += "TEST.WEIGHTS with INPUT.CHANNEL_ORDER {}"
+    order = cfg.INPUT.CHANNEL_ORDER
+    print(msg.format(args.out, len(state), params, order, args.src, order))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,13 @@
 #!/usr/bin/env python3
 """Export a trained model to ONNX (input "input", output "logits", dynamic batch axis).
 
+The input "input" is a float32 N x 3 x TRAIN.IM_SIZE x TRAIN.IM_SIZE batch prepared as the test
+loader does: the short side resized to TEST.IM_SIZE, a center crop, the channels in
+INPUT.CHANNEL_ORDER (bgr by default, as pycls: channel 0 is blue) and each channel normalised
+as (x / 255 - mean) / std with the ImageNet mean and std in that order. The file's metadata
+(metadata_props, written where the onnx package is installed) records channel_order, mean,
+std, im_size and test_im_size, so a consumer can prepare its images without this repository.
+
 The model is exported at TRAIN.IM_SIZE in eval mode on the CPU. By default the TorchScript
 exporter runs (torch.onnx.export(dynamo=False)): it needs no package beyond torch. With
 torch >= 2.9 the default exporter is the torch.export one (dynamo=True), which also needs
@@ -129,6 +136,35 @@ def _check_onnx(path):
         raise PyclsError("the exported ONNX model is invalid ({})".format(e)) from e
 
 
+def input_metadata(cfg):
+    """Returns the metadata that describes the model's input (all values strings)."""
+    from pycls.datasets.transforms import mean_std
+
+    mean, std = mean_std(cfg.INPUT.CHANNEL_ORDER)
+    return {
+        "channel_order": cfg.INPUT.CHANNEL_ORDER,
+        "mean": ",".join(str(v) for v in mean),
+        "std": ",".join(str(v) for v in std),
+        "pixel_scale": "1/255",
+        "im_size": str(cfg.TRAIN.IM_SIZE),
+        "test_im_size": str(cfg.TEST.IM_SIZE),
+        "layout": "NCHW",
+    }
+
+
+def _write_metadata(path, metadata):
+    """Adds the input metadata to an ONNX file (where onnx is installed); True if written."""
+    if importlib.util.find_spec("onnx") is None:
+        return False
+    import onnx
+
+    model = onnx.load(path)
+    props = {p.key: p.value for p in model.metadata_props}
+    onnx.helper.set_model_props(model, dict(props, **metadata))
+    onnx.save(model, path)
+    return True
+
+
 def main(argv=None):
     """Exports --weights to --out and checks it against PyTorch where onnxruntime exists."""
     args = parse_args(sys.argv[1:] if argv is None else argv)
@@ -141,6 +177,8 @@ def main(argv=None):
     try:
         export(model, tmp, im_size, args.opset, args.dynamo)
         _check_onnx(tmp)
+        if not _write_metadata(tmp, input_metadata(cfg)):
+            print("onnx is not installed: no input metadata written (pip install onnx)")
         if importlib.util.find_spec("onnxruntime") is None:
             print("onnxruntime is not installed: skipped the check (pip install onnxruntime)")
         else:
@@ -154,7 +192,8 @@ def main(argv=None):
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
-    print("Wrote {} (opset {}, input Nx3x{}x{})".format(args.out, args.opset, im_size, im_size))
+    msg = "Wrote {} (opset {}, input Nx3x{}x{}, {} channel order)"
+    print(msg.format(args.out, args.opset, im_size, im_size, cfg.INPUT.CHANNEL_ORDER))
 
 
 if __name__ == "__main__":

@@ -2,11 +2,12 @@
 """Print the top-k classes of images (files or folders) for a trained model.
 
 Each image goes through the test transform (short side resized to TEST.IM_SIZE, center crop
-TRAIN.IM_SIZE, normalise). Folders are searched recursively for files with an image extension
-(as the dataset does). Class names come from --names (one per line), else from the class
-folders of the dataset (--data_path, else DATA_LOADER.DATA_PATH of --cfg or of the
-checkpoint's config), else the class indices are printed. An unreadable image is reported on
-its own line; the run then ends with a non-zero exit.
+TRAIN.IM_SIZE, channels in INPUT.CHANNEL_ORDER, normalise), as in testing. Folders are searched
+recursively for files with an image extension (as the dataset does). Class names come from
+--names (one per line), else from the class folders of the dataset (--data_path, else
+DATA_LOADER.DATA_PATH of --cfg or of the checkpoint's config), else the class indices are
+printed. An unreadable image is reported on its own line; the run then ends with a non-zero
+exit.
 
 Example:
     python tools/predict.py --cfg configs/dds_baselines/effnet/EN-B3_dds_8gpu.yaml \\
@@ -240,7 +241,7 @@ def main(argv=None):
     images = list_images(paths)
     model, device, weights = setup_model(args, opts)
     names = class_names(args, cfg, weights)
-    transform = test_transform(cfg.TEST.IM_SIZE, cfg.TRAIN.IM_SIZE)
+    transform = test_transform(cfg.TEST.IM_SIZE, cfg.TRAIN.IM_SIZE, cfg.INPUT.CHANNEL_ORDER)
     topk = min(args.topk, cfg.MODEL.NUM_CLASSES)
     outputs = []
     for result in predict(model, images, transform, device, topk, args.batch_size):

@@ -181,8 +181,9 @@ _C.BN.EPS = 1e-5
 # BN momentum (BN momentum in PyTorch = 1 - BN momentum in Caffe2)
 _C.BN.MOM = 0.1
 
-# Precise BN stats
-_C.BN.USE_PRECISE_STATS = False
+# Precise BN stats (as pycls and the seed's port): after each epoch, BN running stats are
+# recomputed from NUM_SAMPLES_PRECISE training images (all processes together)
+_C.BN.USE_PRECISE_STATS = True
 _C.BN.NUM_SAMPLES_PRECISE = 8192
 
 # Initialize the gamma of the final BN of each block to zero
@@ -340,6 +341,14 @@ _C.DATA_LOADER.MAX_BAD_FRACTION = 0.01
 _C.DATA_LOADER.SYNTHETIC_LENGTH = 0
 
 
+# ---------------------------------- Input options ----------------------------------- #
+_C.INPUT = CfgNode()
+
+# Channel order of the images the network sees: bgr (as pycls and the seed's port; pycls
+# model-zoo weights expect it) or rgb (as torchvision). The mean and std follow the order.
+_C.INPUT.CHANNEL_ORDER = "bgr"
+
+
 # --------------------------------- Device options ----------------------------------- #
 # Device to run on: auto (npu, then gpu, then cpu), cpu, gpu or npu
 _C.DEVICE = "auto"
@@ -438,6 +447,7 @@ _CHOICES = {
     "TRAIN.SPLIT": ["train", "val"],
     "TEST.SPLIT": ["train", "val"],
     "LOG_DEST": ["stdout", "file"],
+    "INPUT.CHANNEL_ORDER": ["bgr", "rgb"],
 }
 
 # Keys that must hold a number above zero
@@ -452,6 +462,7 @@ _POSITIVE = [
     "LOG_PERIOD",
     "TRAIN.EVAL_PERIOD",
     "TRAIN.CHECKPOINT_PERIOD",
+    "BN.NUM_SAMPLES_PRECISE",
 ]
 
 

@@ -28,6 +28,11 @@ class PyclsError(Exception):
 
 def run_cli(main):
     """Runs a CLI entry point; a user error ends in one line on stderr and exit 2."""
+    from pycls.core.versions import check_versions
+
+    too_old = check_versions()
+    if too_old:
+        _fail("error: {}".format(too_old), 2)
     try:
         main()
     except PyclsError as e:

@@ -4,8 +4,8 @@ import itertools
 
 import numpy as np
 import torch
-import torch.distributed as torch_dist
 
+import pycls.core.distributed as dist
 from pycls.core.config import cfg
 
 
@@ -89,22 +89,6 @@ def mixup(inputs, labels):
     return inputs, labels, labels.argmax(1)
 
 
-def _world_size():
-    """Returns the number of processes (1 unless torch.distributed is initialised)."""
-    initialised = torch_dist.is_available() and torch_dist.is_initialized()
-    return torch_dist.get_world_size() if initialised else 1
-
-
-def _mean_over_processes(tensors):
-    """Averages a list of tensors over all processes in place (no-op for one)."""
-    world_size = _world_size()
-    if world_size > 1:
-        for t in tensors:
-            torch_dist.all_reduce(t)
-            t.div_(world_size)
-    return tensors
-
-
 def _batch_size(loader):
     """Returns the per-process batch size of a loader."""
     batch_size = getattr(loader, "batch_size", None)
@@ -113,12 +97,22 @@ def _batch_size(loader):
     return batch_size
 
 
+def precise_bn_iters(loader):
+    """Returns the batches each process reads for precise BN: BN.NUM_SAMPLES_PRECISE images
+    over all processes together (at least one batch, at most one epoch)."""
+    num_iter = int(cfg.BN.NUM_SAMPLES_PRECISE / _batch_size(loader) / dist.get_world_size())
+    return max(1, min(num_iter, len(loader)))
+
+
 @torch.no_grad()
 def compute_precise_bn_stats(model, loader, device):
     """Recomputes BN running stats as the average of batch stats over
-    BN.NUM_SAMPLES_PRECISE training images (all processes together)."""
-    num_iter = int(cfg.BN.NUM_SAMPLES_PRECISE / _batch_size(loader) / _world_size())
-    num_iter = max(1, min(num_iter, len(loader)))
+    BN.NUM_SAMPLES_PRECISE training images (all processes together, as pycls).
+
+    Each process averages the stats of its own batches; the averages are then averaged over
+    the processes (all have the same number of batches), so the result equals one process
+    reading all their batches, on every rank."""
+    num_iter = precise_bn_iters(loader)
     bn_type = torch.nn.modules.batchnorm._BatchNorm
     bns = [m for m in model.modules() if isinstance(m, bn_type) and m.track_running_stats]
     means = [torch.zeros_like(bn.running_mean) for bn in bns]
@@ -136,8 +130,7 @@ def compute_precise_bn_stats(model, loader, device):
         for i, bn in enumerate(bns):
             means[i] += bn.running_mean / num_iter
             variances[i] += bn.running_var / num_iter
-    means = _mean_over_processes(means)
-    variances = _mean_over_processes(variances)
+    dist.scaled_all_reduce(means + variances)
     for i, bn in enumerate(bns):
         bn.running_mean.copy_(means[i])
         bn.running_var.copy_(variances[i])

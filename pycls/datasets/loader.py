@@ -211,11 +211,12 @@ def _construct_dataset(name, key, split, other_split, train, num_workers):
     if train:
         transform = transforms.train_transform(
             cfg.TRAIN.IM_SIZE, cfg.TRAIN.AUGMENT, cfg.TRAIN.PCA_STD, cfg.TRAIN.CROP_SCALE,
-            cfg.TRAIN.HFLIP,
+            cfg.TRAIN.HFLIP, cfg.INPUT.CHANNEL_ORDER,
         )  # fmt: skip
         transform = EpochSeeded(transform)
     else:
-        transform = transforms.test_transform(cfg.TEST.IM_SIZE, cfg.TRAIN.IM_SIZE)
+        order = cfg.INPUT.CHANNEL_ORDER
+        transform = transforms.test_transform(cfg.TEST.IM_SIZE, cfg.TRAIN.IM_SIZE, order)
     dataset = ImageNet(data_path, split, transform, num_workers)
     _check_num_classes(dataset)
     return dataset

@@ -1,8 +1,11 @@
 """Image transforms (torchvision v2): train and test pipelines as in pycls.
 
 Both take an RGB image as a uint8 CHW tensor (or a PIL image) and return a float32 CHW tensor
-normalised with the ImageNet mean and std. Cropping and resizing run on uint8 tensors with
-antialiasing, which is faster than PIL; the float conversion comes last.
+in the channel order the network sees (INPUT.CHANNEL_ORDER: "bgr" as pycls, or "rgb"),
+normalised with the ImageNet mean and std in that order. Cropping, resizing and augmentation
+run in RGB on uint8 tensors with antialiasing (faster than PIL); the channel order, the float
+conversion, the PCA lighting noise (RGB eigenvectors, as pycls) and the normalisation come last
+in one pass.
 """
 
 import torch
@@ -14,6 +17,9 @@ from pycls.datasets.augment import make_augment
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 
+# Channel orders the network can see, as indices into an RGB image's channels
+CHANNEL_ORDERS = {"rgb": (0, 1, 2), "bgr": (2, 1, 0)}
+
 # Eigenvalues and eigenvectors (columns) of the ImageNet RGB covariance (AlexNet PCA jitter)
 EIG_VALS = (0.2175, 0.0188, 0.0045)
 EIG_VECS = (
@@ -23,19 +29,39 @@ EIG_VECS = (
 )
 
 
+def channel_index(channel_order):
+    """Returns the RGB channel indices of a channel order ("bgr" or "rgb")."""
+    if channel_order not in CHANNEL_ORDERS:
+        msg = "channel order {!r} is not one of {}".format(channel_order, ", ".join(CHANNEL_ORDERS))
+        raise ValueError(msg)
+    return list(CHANNEL_ORDERS[channel_order])
+
+
+def mean_std(channel_order):
+    """Returns the (mean, std) tuples of ImageNet in a channel order."""
+    index = channel_index(channel_order)
+    return tuple(MEAN[i] for i in index), tuple(STD[i] for i in index)
+
+
 class NormalizeLighting(v2.Transform):
-    """uint8 RGB -> float32 normalised by MEAN / STD, plus AlexNet PCA lighting noise.
+    """uint8 RGB -> float32 in channel_order, normalised by the mean / std of that order,
+    plus AlexNet PCA lighting noise.
 
     One fused pass: x * 1 / (255 std) + (offset - mean) / std, where the RGB offset is
     EIG_VECS @ (alpha * EIG_VALS) with alpha ~ N(0, pca_std) per image (0 when pca_std is 0),
-    on the [0, 1] scale as in pycls. Float inputs are taken to be on the [0, 1] scale already.
+    on the [0, 1] scale as in pycls; for "bgr" the channels, mean, std and offset are reversed
+    first (pycls normalises in RGB, then reverses: the same numbers). Float inputs are taken to
+    be on the [0, 1] scale already.
     """
 
-    def __init__(self, pca_std=0.0):
+    def __init__(self, pca_std=0.0, channel_order="bgr"):
         super().__init__()
         self.pca_std = pca_std
-        self.mean = torch.tensor(MEAN).view(3, 1, 1)
-        self.std = torch.tensor(STD).view(3, 1, 1)
+        self.channel_order = channel_order
+        self.index = channel_index(channel_order)
+        mean, std = mean_std(channel_order)
+        self.mean = torch.tensor(mean).view(3, 1, 1)
+        self.std = torch.tensor(std).view(3, 1, 1)
         self.eig_vals = torch.tensor(EIG_VALS)
         self.eig_vecs = torch.tensor(EIG_VECS)
 
@@ -44,27 +70,42 @@ class NormalizeLighting(v2.Transform):
         if self.pca_std <= 0:
             return {"offset": torch.zeros(3, 1, 1)}
         alpha = torch.randn(3) * self.pca_std
-        return {"offset": (self.eig_vecs @ (alpha * self.eig_vals)).view(3, 1, 1)}
+        offset = self.eig_vecs @ (alpha * self.eig_vals)
+        return {"offset": offset[self.index].view(3, 1, 1)}
 
     def transform(self, inpt, params):
-        """Returns the normalised float32 image as a plain tensor."""
+        """Returns the normalised float32 image, in channel_order, as a plain tensor."""
         inpt = inpt.as_subclass(torch.Tensor)
+        reorder = self.index != [0, 1, 2]
+        if reorder:
+            inpt = inpt[..., self.index, :, :]  # a copy
         top = 255.0 if inpt.dtype == torch.uint8 else 1.0
         bias = (params["offset"] - self.mean) / self.std
-        return inpt.to(torch.float32).mul_(1.0 / (top * self.std)).add_(bias)
+        # Copy where nothing did yet: never scale the caller's float image in place
+        out = inpt.to(torch.float32, copy=not reorder)
+        return out.mul_(1.0 / (top * self.std)).add_(bias)
+
+    # torchvision < 0.21 calls these private names (0.21 made them public)
+    def _get_params(self, flat_inputs):
+        return self.make_params(flat_inputs)
+
+    def _transform(self, inpt, params):
+        return self.transform(inpt, params)
 
 
-def train_transform(im_size, augment="", pca_std=0.0, crop_scale=(0.08, 1.0), hflip=0.5):
+def train_transform(
+    im_size, augment="", pca_std=0.0, crop_scale=(0.08, 1.0), hflip=0.5, channel_order="bgr"
+):
     """Returns the train transform: random resized crop, flip, augment, lighting, normalise."""
     crop = v2.RandomResizedCrop(im_size, scale=tuple(crop_scale), antialias=True)
     ops = [v2.ToImage(), crop, v2.RandomHorizontalFlip(hflip)]
     augment_op = make_augment(augment)
     if augment_op is not None:
         ops.append(augment_op)
-    return v2.Compose(ops + [NormalizeLighting(pca_std)])
+    return v2.Compose(ops + [NormalizeLighting(pca_std, channel_order)])
 
 
-def test_transform(test_size, crop_size):
+def test_transform(test_size, crop_size, channel_order="bgr"):
     """Returns the test transform: resize the short side to test_size, center crop, normalise."""
     ops = [v2.ToImage(), v2.Resize(test_size, antialias=True), v2.CenterCrop(crop_size)]
-    return v2.Compose(ops + [NormalizeLighting()])
+    return v2.Compose(ops + [NormalizeLighting(0.0, channel_order)])
