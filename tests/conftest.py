@@ -11,8 +11,11 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The environment a launcher or torchrun sets for its ranks; tests remove it from their children
 LAUNCH_VARS = ["RANK", "LOCAL_RANK", "WORLD_SIZE", "RANK_SIZE", "MASTER_ADDR", "MASTER_PORT"]
 
-# KEY VALUE changes that make a dds EN config a tiny EfficientNet on 16px images of 3 classes
+# KEY VALUE changes that make a dds EN config a tiny EfficientNet on 16px images of 3 classes.
+# Precise BN (on by default, as pycls) is off: it adds a forward pass over the train set to each
+# epoch, and these runs test other things (test_net.py and test_train_e2e.py test it).
 TINY_EN_OPTS = {
+    "BN.USE_PRECISE_STATS": "False",
     "MODEL.NUM_CLASSES": "3",
     "EN.STEM_W": "8",
     "EN.DEPTHS": "[1,1,1,1,1,1,1]",
@@ -28,8 +31,11 @@ TINY_EN_OPTS = {
     "VERBOSE": "False",
 }
 
-# A small EfficientNet (the real EffNet code, fewer and narrower blocks) for fast CPU runs
+# A small EfficientNet (the real EffNet code, fewer and narrower blocks) for fast CPU runs.
+# Precise BN is off for speed as in TINY_EN_OPTS; test_train_e2e.py's run turns it on.
 TINY_EN = """\
+BN:
+  USE_PRECISE_STATS: false
 MODEL:
   TYPE: effnet
   NUM_CLASSES: 10

@@ -55,6 +55,16 @@ def test_seed_configs(name, batch, lr, epochs, gpus):
     assert (cfg.TEST.BATCH_SIZE, cfg.OPTIM.LR_POLICY) == (200, "cos")
     assert (cfg.OPTIM.MOMENTUM, cfg.OPTIM.WEIGHT_DECAY) == (0.9, 1e-5)
     assert (cfg.AMP.OPT_LEVEL, config.loss_scale()) == ("O2", 128.0)
+    # As the port: precise BN over 8192 images, BGR input
+    assert (cfg.BN.USE_PRECISE_STATS, cfg.BN.NUM_SAMPLES_PRECISE) == (True, 8192)
+    assert cfg.INPUT.CHANNEL_ORDER == "bgr"
+
+
+def test_defaults_are_pycls_recipe():
+    assert (cfg.BN.USE_PRECISE_STATS, cfg.BN.NUM_SAMPLES_PRECISE) == (True, 8192)
+    assert cfg.INPUT.CHANNEL_ORDER == "bgr"
+    config.merge_from_list(["INPUT.CHANNEL_ORDER", "rgb"])
+    config.assert_cfg()
 
 
 def test_merge_from_list_overrides_and_coerces():
@@ -94,6 +104,8 @@ def test_bad_overrides_name_the_key(opts, words):
         (["TRAIN.BATCH_SIZE", "0"], "TRAIN.BATCH_SIZE"),
         (["OPTIM.LR_POLICY", "steps", "OPTIM.STEPS", "[5, 10]"], "OPTIM.STEPS"),
         (["DATA_LOADER.NUM_WORKERS", "-1"], "DATA_LOADER.NUM_WORKERS"),
+        (["INPUT.CHANNEL_ORDER", "BGR"], "INPUT.CHANNEL_ORDER"),
+        (["BN.NUM_SAMPLES_PRECISE", "0"], "BN.NUM_SAMPLES_PRECISE"),
     ],
 )
 def test_bad_values_name_the_key(opts, key):

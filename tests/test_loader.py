@@ -271,3 +271,25 @@ def test_rank_and_world_size_come_from_torch_distributed(data, tmp_path):
         assert dl.batch_size == 4 and dl.sampler.__class__.__name__ == "RandomSampler"
     finally:
         dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("order", ["bgr", "rgb", None])
+def test_solid_red_image_arrives_in_the_configured_channel_order(tmp_path, order):
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for name in ("a", "b"):
+            os.makedirs(tmp_path / split / name)
+            Image.new("RGB", (12, 10), (255, 0, 0)).save(tmp_path / split / name / "red.png")
+    cfg.TRAIN.DATASET = cfg.TEST.DATASET = "imagenet"
+    cfg.DATA_LOADER.DATA_PATH, cfg.DATA_LOADER.NUM_WORKERS = str(tmp_path), 0
+    cfg.TRAIN.IM_SIZE, cfg.TEST.IM_SIZE, cfg.TRAIN.PCA_STD = 8, 10, 0.0
+    cfg.TRAIN.BATCH_SIZE, cfg.TEST.BATCH_SIZE, cfg.MODEL.NUM_CLASSES = 2, 2, 2
+    if order is not None:  # None: the default, pycls's BGR
+        cfg.INPUT.CHANNEL_ORDER = order
+    red, blue = (1.0 - 0.485) / 0.229, (0.0 - 0.406) / 0.225  # pycls's mean / std
+    first, last = (red, blue) if order == "rgb" else (blue, red)
+    for build in (loader.construct_test_loader, loader.construct_train_loader):
+        images = next(iter(build(device="cpu")))[0]
+        torch.testing.assert_close(images[:, 0], torch.full_like(images[:, 0], first))
+        torch.testing.assert_close(images[:, 2], torch.full_like(images[:, 2], last))

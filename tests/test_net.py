@@ -227,3 +227,107 @@ def test_complexity_of_class_and_instance():
     assert net.complexity(nn.DataParallel(model)) == expected
     assert sum(p.numel() for p in model.parameters()) == expected["params"]
     assert cfg.EN.DEPTHS == []
+
+
+# ------------------------- precise BN over two processes (gloo) ------------------------ #
+
+
+def _pbn_images():
+    """48 images whose channel means and scales change from batch to batch (of 4)."""
+    generator = torch.Generator().manual_seed(3)
+    images = torch.randn(48, 3, 6, 6, generator=generator)
+    batch = torch.arange(48).div(4, rounding_mode="floor").float().view(48, 1, 1, 1)
+    return images * (1.0 + 0.2 * batch) + batch * torch.tensor([0.3, -0.2, 0.1]).view(1, 3, 1, 1)
+
+
+def _pbn_model():
+    """Two conv + BN layers: the second BN sees the first's output."""
+    torch.manual_seed(0)
+    layers = [nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 3, 1)]
+    return nn.Sequential(*layers, nn.BatchNorm2d(3))
+
+
+def _pbn_stats(model):
+    """Returns the running stats of a model's BN layers."""
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    return [t.clone() for bn in bns for t in (bn.running_mean, bn.running_var)]
+
+
+_PBN_WORKER = """
+import sys
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+
+import pycls.core.distributed as du
+import pycls.core.net as net
+from pycls.core.config import cfg
+
+{helpers}
+
+device = du.init("cpu")
+rank, world_size = du.get_rank(), du.get_world_size()
+cfg.BN.NUM_SAMPLES_PRECISE = 24  # 3 batches of 4 on each of 2 processes, of 6 each has
+data = TensorDataset(_pbn_images(), torch.zeros(48, dtype=torch.long))
+sampler = DistributedSampler(data, num_replicas=world_size, rank=rank, shuffle=False)
+model = _pbn_model()
+net.compute_precise_bn_stats(model, DataLoader(data, batch_size=4, sampler=sampler), device)
+torch.save(_pbn_stats(model), "{{}}/rank{{}}.pyth".format(sys.argv[1], rank))
+du.cleanup()
+"""
+
+
+def _run_pbn_ranks(tmp_path):
+    """Runs _PBN_WORKER as 2 gloo processes; returns each rank's BN stats."""
+    import inspect
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from conftest import LAUNCH_VARS, REPO
+
+    helpers = "\n\n".join(inspect.getsource(f) for f in (_pbn_images, _pbn_model, _pbn_stats))
+    script = tmp_path / "pbn_worker.py"
+    script.write_text(_PBN_WORKER.format(helpers=helpers))
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARS}
+    env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1")
+    env["PYTHONPATH"] = os.pathsep.join([REPO, env.get("PYTHONPATH", "")])
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(script), str(tmp_path)],
+            env=dict(env, RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE="2"),
+            cwd=REPO,
+            stderr=subprocess.PIPE,
+        )
+        for r in range(2)
+    ]
+    errors = [proc.communicate(timeout=120)[1].decode() for proc in procs]
+    assert [proc.returncode for proc in procs] == [0, 0], "\n".join(errors)
+    return [torch.load(tmp_path / "rank{}.pyth".format(r), weights_only=True) for r in range(2)]
+
+
+def _one_process_stats(batches):
+    """Precise BN stats of one process that reads the given batches of 4 images (indices)."""
+    _set(BN__NUM_SAMPLES_PRECISE=4 * len(batches))
+    data = torch.utils.data.TensorDataset(_pbn_images(), torch.zeros(48, dtype=torch.long))
+    loader = torch.utils.data.DataLoader(data, batch_sampler=batches)
+    model = _pbn_model()
+    net.compute_precise_bn_stats(model, loader, torch.device("cpu"))
+    return _pbn_stats(model)
+
+
+@pytest.mark.parametrize("run", range(3))  # multi-process: several times in a row
+def test_precise_bn_over_two_processes_equals_one_process(tmp_path, run):
+    ranks = _run_pbn_ranks(tmp_path)
+    # DistributedSampler: rank r holds images r, r + 2, ...; each rank reads 3 batches of 4
+    batches = [[r + 2 * (4 * b + i) for i in range(4)] for b in range(3) for r in range(2)]
+    expected = _one_process_stats(batches)
+    rank0_only = _one_process_stats(batches[0::2])
+    for got0, got1, want, local in zip(ranks[0], ranks[1], expected, rank0_only):
+        assert torch.equal(got0, got1)  # every rank holds the same stats
+        torch.testing.assert_close(got0, want, rtol=1e-5, atol=1e-6)
+        assert not torch.allclose(local, want, rtol=1e-3, atol=1e-3)  # rank 0 alone differs

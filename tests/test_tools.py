@@ -159,6 +159,23 @@ def test_predict_json_matches_the_model_and_reports_bad_images(weights, tmp_path
     assert [t["prob"] for t in top] == pytest.approx(probs[0].tolist(), abs=1e-5)
 
 
+@pytest.mark.parametrize("order", ["bgr", "rgb"])
+def test_predict_feeds_the_configured_channel_order(weights, tmp_path, capsys, order):
+    image = _write_image(str(tmp_path / "photo.png"), 11, size=(50, 70))
+    args = _TINY + ["--weights", weights, "--json", "--topk", "10", image]
+    predict.main(args + _TINY_OPTS + ["INPUT.CHANNEL_ORDER", order])
+    got = {t["class"]: t["prob"] for t in json.loads(capsys.readouterr().out)[0]["topk"]}
+    model = _loaded_model(weights)
+    outputs = {}
+    for name in ("bgr", "rgb"):
+        x = transforms.test_transform(36, 32, name)(load_image(image)).unsqueeze(0)
+        with torch.no_grad():
+            outputs[name] = torch.softmax(model(x), dim=1)[0].tolist()
+    assert [got[c] for c in range(10)] == pytest.approx(outputs[order], abs=1e-6)
+    other = "rgb" if order == "bgr" else "bgr"
+    assert [got[c] for c in range(10)] != pytest.approx(outputs[other], abs=1e-6)
+
+
 def test_predict_names_from_data_path(weights, tmp_path, capsys):
     classes = ["n{:02d}_cls".format(i) for i in range(_NUM_CLASSES)]
     for name in classes:
@@ -223,6 +240,27 @@ def test_export_onnx_matches_pytorch(weights, tmp_path, capsys):
         expected = _loaded_model(weights)(x).numpy()
     assert got.shape == (3, _NUM_CLASSES)
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("order", ["bgr", "rgb"])
+def test_export_onnx_metadata_names_the_input(weights, tmp_path, capsys, order):
+    onnx = pytest.importorskip("onnx")
+    out = str(tmp_path / "model.onnx")
+    opts = _TINY_OPTS + ["INPUT.CHANNEL_ORDER", order]
+    export_onnx.main(_TINY + ["--weights", weights, "--out", out] + opts)
+    assert "{} channel order".format(order) in capsys.readouterr().out
+    props = {p.key: p.value for p in onnx.load(out).metadata_props}
+    mean = "0.406,0.456,0.485" if order == "bgr" else "0.485,0.456,0.406"
+    std = "0.225,0.224,0.229" if order == "bgr" else "0.229,0.224,0.225"
+    assert props == {
+        "channel_order": order,
+        "mean": mean,
+        "std": std,
+        "pixel_scale": "1/255",
+        "im_size": "32",
+        "test_im_size": "36",
+        "layout": "NCHW",
+    }
 
 
 def test_export_onnx_fails_above_tolerance(weights, tmp_path):
@@ -395,21 +433,70 @@ def test_en_b3_lines_up_with_torchvision_stage_by_stage():
     assert _params(tv) == _params(ours) == 12233232
 
 
-def test_convert_weights_gives_torchvision_outputs(tv_b3, tmp_path, capsys):
-    tv, src = tv_b3
+def _photo_crops():
+    """Nine crops of a real photo (scikit-learn's china.jpg) as RGB uint8 CHW tensors."""
+    from sklearn.datasets import load_sample_image
+
+    photo = torch.from_numpy(load_sample_image("china.jpg").copy()).permute(2, 0, 1)
+    return [photo[:, y : y + 200, x : x + 260] for y in (0, 100, 200) for x in (0, 180, 360)]
+
+
+def _torchvision_eval(images, size, crop):
+    """torchvision's own ImageNet eval preprocessing (RGB, its mean / std) of the images."""
+    from torchvision.transforms import v2
+
+    tf = v2.Compose([
+        v2.Resize(size, antialias=True), v2.CenterCrop(crop), v2.ToDtype(torch.float32, scale=True),
+        v2.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+    ])  # fmt: skip
+    return torch.stack([tf(im) for im in images])
+
+
+@pytest.fixture(scope="module")
+def tv_b3_photo(tv_b3, tmp_path_factory):
+    """tv_b3's model with the BN stats of the photo crops (so that its logits are of a sane
+    size, not chaotic); returns (model, its state dict file)."""
+    import copy
+
+    model = copy.deepcopy(tv_b3[0])
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+    model.train()
+    with torch.no_grad():
+        model(_torchvision_eval(_photo_crops(), 72, 64))
+    for m in bns:
+        m.momentum = 0.1
+    path = str(tmp_path_factory.mktemp("tv_photo") / "efficientnet_b3.pth")
+    torch.save(model.state_dict(), path)
+    return model.eval(), path
+
+
+@pytest.mark.parametrize("order", ["bgr", "rgb"])
+def test_convert_weights_gives_torchvision_outputs(tv_b3_photo, tmp_path, capsys, order):
+    tv, src = tv_b3_photo
     out = str(tmp_path / "en_b3.pyth")
-    convert_weights.main(["--src", src, "--out", out])
-    assert "12,233,232 params" in capsys.readouterr().out
+    convert_weights.main(["--src", src, "--out", out, "INPUT.CHANNEL_ORDER", order])
+    assert "12,233,232 params, {} input".format(order) in capsys.readouterr().out
     checkpoint = torch.load(out, map_location="cpu", weights_only=True)
     assert checkpoint["epoch"] == 0 and not checkpoint["optimizer_state"]
     assert "STEM_W: 40" in checkpoint["cfg"] and "HEAD_W: 1536" in checkpoint["cfg"]
+    assert "CHANNEL_ORDER: {}".format(order) in checkpoint["cfg"]
     model = _en_b3()
     cp.load_weights(out, model)
-    x = torch.randn(2, 3, 96, 96)
+    images = _photo_crops()
+    # The same photo: torchvision's model on its own RGB input, ours on this project's loader's
+    x_tv = _torchvision_eval(images, 72, 64)
+    x_ours = torch.stack([transforms.test_transform(72, 64, order)(im) for im in images])
     with torch.no_grad():
-        expected, got = tv(x), model(x)
+        expected, got = tv(x_tv), model(x_ours)
     assert (expected[0] - expected[1]).abs().max() > 0.1  # outputs depend on the input
-    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got, expected, atol=1e-3, rtol=0)
+    assert torch.equal(got.topk(5).indices, expected.topk(5).indices)
+    if order == "bgr":  # the stem was permuted: RGB input no longer gives torchvision's logits
+        with torch.no_grad():
+            assert not torch.allclose(model(x_tv), expected, atol=1e-3, rtol=0)
 
 
 def test_convert_weights_refuses_bad_inputs(tv_b3, tmp_path):
