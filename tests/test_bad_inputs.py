@@ -105,6 +105,22 @@ def wrapped_torchrun(*args, nproc=2):
     return build
 
 
+def old_stack(name, *args, torch_version="2.0.1"):
+    """Returns a command builder of tools/<name>.py run as if torch were torch_version."""
+
+    def build(ws):
+        runner = ws.path("fake_torch_version.py")
+        with open(runner, "w") as f:
+            f.write(
+                "import runpy, sys, torch\ntorch.__version__ = {!r}\nsys.argv = sys.argv[1:]\n"
+                "runpy.run_path(sys.argv[0], run_name='__main__')\n".format(torch_version)
+            )
+        script = os.path.join(REPO, "tools", name + ".py")
+        return [sys.executable, runner, script] + [a(ws) if callable(a) else a for a in args], None
+
+    return build
+
+
 def tiny_pairs(**changes):
     """Returns TINY's KEY VALUE pairs with changes, as a flat list."""
     return [x for kv in dict(TINY, **changes).items() for x in kv]
@@ -526,6 +542,20 @@ ROWS = [
         "`tools/final_result.py` on a log without json_stats",
         tool("final_result", lambda ws: ws["text_pyth"]),
         r"error: no train_epoch or test_epoch json_stats in the log; see its errors",
+    ),
+    row(
+        "channel_order_bad",
+        "`INPUT.CHANNEL_ORDER BRG` (the network's input channel order)",
+        train("INPUT.CHANNEL_ORDER", "BRG"),
+        r"error: config key INPUT\.CHANNEL_ORDER is 'BRG'; choose one of bgr, rgb",
+    ),
+    row(
+        "torch_too_old",
+        "torch older than 2.3 (here 2.0.1, e.g. a stack from the seed's 1.8_requirements.txt)",
+        old_stack("train_net", "--cfg", CFG),
+        r"error: this code needs torch >= 2\.3, torchvision >= 0\.18; found torch 2\.0\.1, "
+        r"torchvision \S+: pip install -r requirements\.txt \(or a CANN release's torch and "
+        r"torch_npu >= 2\.3 on Ascend\)",
     ),
 ]
 
