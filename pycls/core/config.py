@@ -282,6 +282,10 @@ _C.TRAIN.WEIGHTS = ""
 # Pretrained weights to fine-tune from (a head of another size is skipped and reported)
 _C.TRAIN.PRETRAINED = ""
 
+# Load only the TRAIN.PRETRAINED tensors that fit (any that differ keep their initial values);
+# without it, any difference beyond the classifier head is an error
+_C.TRAIN.PRETRAINED_PARTIAL = False
+
 # Label smoothing value in 0 to 1 where (0 gives no smoothing)
 _C.TRAIN.LABEL_SMOOTHING = 0.0
 
