@@ -164,25 +164,47 @@ def _lock_owner(text):
 
 
 def _release_lock():
-    """Empties and unlocks this process's OUT_DIR lock (a killed run leaves its text behind)."""
-    f = _held_lock.pop("file", None)
-    _held_lock.pop("path", None)
+    """Removes and unlocks this process's OUT_DIR lock (a killed run leaves the file behind)."""
+    f, path = _held_lock.pop("file", None), _held_lock.pop("path", None)
     if f is None:
         return
-    try:
-        f.seek(0)
-        f.truncate()
-        f.close()  # closing releases the flock
-    except (OSError, ValueError):
-        pass
+    _remove_quietly(path)  # while still locked: a run waiting on this file retries
+    f.close()  # closing releases the flock
+
+
+def _open_locked(path):
+    """Opens and flocks the lock file at path (retrying if a finishing run removed it); returns
+    the file, or raises BlockingIOError with the file's text as its filename when held."""
+    import fcntl
+
+    for _ in range(10):
+        f = open(path, "a+")
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            text = f.read(1000)
+            f.close()
+            raise BlockingIOError(0, "locked", text) from None
+        except OSError:
+            f.close()
+            raise
+        try:
+            if os.stat(path).st_ino == os.fstat(f.fileno()).st_ino:
+                return f
+        except FileNotFoundError:
+            pass
+        f.close()  # locked a file the run before removed on its way out: lock the new one
+    raise BlockingIOError(0, "locked", "")
 
 
 def lock_out_dir():
     """Makes this run the only one on OUT_DIR (main process only) until the process ends.
 
     The lock is an flock on OUT_DIR/.lock, which the OS releases however the process ends; the
-    file names the owner (pid, host, start time). A second run on the same OUT_DIR stops with a
-    PyclsError naming the owner; a file left by a killed run (unlocked) is taken over.
+    file names the owner (pid, host, start time) and is removed at a normal exit. A second run
+    on the same OUT_DIR stops with a PyclsError naming the owner; a file left by a killed run
+    (no longer locked) is taken over with a warning.
     """
     if not dist.is_main_proc():
         return
@@ -190,24 +212,13 @@ def lock_out_dir():
     if _held_lock.get("path") == path:
         return
     _release_lock()  # a process runs one job at a time (tests run several in one process)
-    import fcntl
-
     try:
-        f = open(path, "a+")
-    except OSError as e:
-        msg = "output folder {} is not writable ({}); set OUT_DIR to a folder you can write"
-        raise PyclsError(msg.format(cfg.OUT_DIR, e.strerror or e)) from e
-    try:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        f.seek(0)
-        owner = _lock_owner(f.read(1000))
-        f.close()
+        f = _open_locked(path)
+    except BlockingIOError as e:
         msg = "OUT_DIR {} is in use by another run ({}); wait for it to end, stop it, or set "
         msg += "OUT_DIR elsewhere"
-        raise PyclsError(msg.format(cfg.OUT_DIR, owner)) from None
-    except OSError as e:  # a file system without locks
-        f.close()
+        raise PyclsError(msg.format(cfg.OUT_DIR, _lock_owner(e.filename))) from None
+    except OSError as e:  # not writable, or a file system without locks
         msg = "Could not lock {} ({}); nothing stops a second run on this OUT_DIR"
         logger.warning(msg.format(path, e.strerror or e))
         return
