@@ -11,6 +11,7 @@ readable one, so a few corrupt files do not end a long run.
 import io
 import logging
 import os
+import re
 import warnings
 
 import numpy as np
@@ -62,18 +63,72 @@ def _to_rgb(im):
     return im.convert("RGB")
 
 
+class ImageTooLarge(ValueError):
+    """An image above the decompression-bomb limit (PIL.Image.MAX_IMAGE_PIXELS)."""
+
+
+# Most bytes an image file within the pixel limit needs (16-bit RGBA PNG, 8 bytes a pixel)
+_BYTES_PER_PIXEL = 8
+
+
+def _too_large(pixels):
+    """Returns an ImageTooLarge error for an image of that many pixels."""
+    msg = "image size ({} pixels) exceeds the limit of {} pixels (PIL.Image.MAX_IMAGE_PIXELS)"
+    return ImageTooLarge(msg.format(pixels, Image.MAX_IMAGE_PIXELS))
+
+
+def _jpeg_size(data):
+    """Reads (width, height) from a JPEG's frame header without decoding, or None."""
+    i, n = 2, len(data)
+    while i + 9 < n:
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+        elif marker == 0xD8 or 0xD0 <= marker <= 0xD7 or marker == 0x01:
+            i += 2
+        elif 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            return int.from_bytes(data[i + 7 : i + 9], "big"), int.from_bytes(
+                data[i + 5 : i + 7], "big"
+            )
+        else:
+            i += 2 + int.from_bytes(data[i + 2 : i + 4], "big")
+    return None
+
+
+def _check_pixels(size):
+    """Raises ImageTooLarge when a (width, height) is above PIL.Image.MAX_IMAGE_PIXELS."""
+    limit = Image.MAX_IMAGE_PIXELS
+    if size is not None and limit and size[0] * size[1] > limit:
+        raise _too_large(size[0] * size[1])
+
+
 def _decode_pil(data):
-    """Decodes image bytes with PIL into an RGB uint8 CHW tensor."""
-    with Image.open(io.BytesIO(data)) as im:
-        arr = np.array(_to_rgb(im), dtype=np.uint8)
+    """Decodes image bytes with PIL into an RGB uint8 CHW tensor (bomb limit enforced)."""
+    with warnings.catch_warnings():
+        # PIL only warns between 1x and 2x MAX_IMAGE_PIXELS; refuse those as well
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            with Image.open(io.BytesIO(data)) as im:
+                _check_pixels(im.size)
+                arr = np.array(_to_rgb(im), dtype=np.uint8)
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+            pixels = re.search(r"\((\d+) pixels\)", str(e))
+            raise _too_large(pixels.group(1) if pixels else "?") from None
     return torch.from_numpy(arr).permute(2, 0, 1)
 
 
 def decode_image(data):
-    """Decodes image bytes into an RGB uint8 CHW tensor (libjpeg-turbo for JPEG, else PIL)."""
+    """Decodes image bytes into an RGB uint8 CHW tensor (libjpeg-turbo for JPEG, else PIL).
+
+    Every decoder keeps PIL's decompression-bomb limit (PIL.Image.MAX_IMAGE_PIXELS): a larger
+    image is refused from its header, before any pixel is decoded.
+    """
     if not data:
         raise ValueError("empty file")
     if decode_jpeg is not None and data.startswith(_JPEG_MAGIC):
+        _check_pixels(_jpeg_size(data))
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", DeprecationWarning)
@@ -86,6 +141,10 @@ def decode_image(data):
 def load_image(path):
     """Reads an image file into an RGB uint8 CHW tensor; raises on an unreadable file."""
     with open(path, "rb") as f:
+        size, limit = os.fstat(f.fileno()).st_size, Image.MAX_IMAGE_PIXELS
+        if limit and size > limit * _BYTES_PER_PIXEL:
+            msg = "file of {} MiB is larger than any image within PIL.Image.MAX_IMAGE_PIXELS"
+            raise ImageTooLarge(msg.format(size // 1024**2))
         data = f.read()
     return decode_image(data)
 
