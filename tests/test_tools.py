@@ -264,6 +264,25 @@ def test_export_onnx_dynamo_needs_onnxscript(weights, tmp_path):
     assert not out.exists()
 
 
+def test_export_onnx_without_onnx_names_the_package(weights, tmp_path, monkeypatch):
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        export_onnx.importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "onnx" else find_spec(name, *a),
+    )
+    out = tmp_path / "model.onnx"
+    with pytest.raises(PyclsError, match=r"needs the onnx package.*: pip install onnx"):
+        export_onnx.main(_TINY + ["--weights", weights, "--out", str(out)] + _TINY_OPTS)
+    assert not out.exists()
+
+
+def test_export_onnx_refuses_a_folder_as_out(weights, tmp_path):
+    with pytest.raises(PyclsError, match=r"--out .* is a folder; give the ONNX file"):
+        export_onnx.main(_TINY + ["--weights", weights, "--out", str(tmp_path), "--force"])
+    assert os.listdir(tmp_path) == []
+
+
 # ----------------------------------- plot_log.py ------------------------------------ #
 
 
