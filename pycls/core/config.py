@@ -605,7 +605,8 @@ def _read_cfg_text(path):
     if os.path.isdir(path):
         raise PyclsError("config {} is a folder, not a file; check --cfg".format(path))
     if not os.path.isfile(path):
-        raise PyclsError("config file {} does not exist; check --cfg".format(path))
+        what = "is not a regular file" if os.path.exists(path) else "does not exist"
+        raise PyclsError("config file {} {}; check --cfg".format(path, what))
     try:
         with open(path, "rb") as f:
             data = f.read(_MAX_CFG_BYTES + 1)
