@@ -204,6 +204,19 @@ def test_predict_cli_reports_bad_image_and_exits_2(weights, tmp_path):
     ]
 
 
+def test_predict_folders_follow_links_once(tmp_path, capsys):
+    photos = tmp_path / "photos"
+    os.makedirs(photos / "sub")
+    for name in ("a.jpg", "sub/b.png"):
+        Image.new("RGB", (8, 8)).save(str(photos / name))
+    os.symlink(".", photos / "self")
+    os.symlink("..", photos / "sub" / "up")
+    os.symlink("a.jpg", photos / "again.jpg")
+    images = predict.list_images([str(photos), str(photos / "sub")])
+    assert sorted(os.path.relpath(p, str(photos)) for p in images) == ["a.jpg", "sub/b.png"]
+    assert "skipped 4 links" in capsys.readouterr().err
+
+
 # ---------------------------------- export_onnx.py ---------------------------------- #
 
 
