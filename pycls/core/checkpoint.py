@@ -553,7 +553,9 @@ def _safe_globals():
 
 def _unsafe_global(error):
     """Returns the name of the Python object a weights_only load refused, if any."""
-    match = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(error))
+    # Wordings of torch 1.13 to 2.x: "Unsupported class x.y", "Unsupported global: GLOBAL x.y",
+    # "Trying to load unsupported GLOBAL x.y whose module x is blocked"
+    match = re.search(r"(?:GLOBAL|[Uu]nsupported class)\s+([A-Za-z_][\w.]*)", str(error))
     return match.group(1) if match else None
 
 
