@@ -61,3 +61,23 @@ def write_demo_data(out_dir, size=16):
     """Writes the digits demo data set (tools/make_demo_data.py) and returns out_dir."""
     load_tool("make_demo_data").write_demo_data(str(out_dir), size=size)
     return str(out_dir)
+
+
+def write_huge_header_image(path, width, height):
+    """Writes a small JPEG or PNG (by extension) whose header claims width x height pixels,
+    as a decompression bomb does; a decoder that trusts the header allocates the full size."""
+    import struct
+    import zlib
+
+    save_image(path, size=(16, 16), format="PNG" if path.endswith(".png") else "JPEG")
+    with open(path, "rb") as f:
+        data = bytearray(f.read())
+    if path.endswith(".png"):  # IHDR: length, type, width, height, ..., CRC
+        data[16:24] = struct.pack(">II", width, height)
+        data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
+    else:  # SOF0 frame header: FF C0, length, precision, height, width
+        i = data.index(b"\xff\xc0")
+        data[i + 5 : i + 9] = struct.pack(">HH", height, width)
+    with open(path, "wb") as f:
+        f.write(bytes(data))
+    return path

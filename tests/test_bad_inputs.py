@@ -21,7 +21,7 @@ import tempfile
 
 import pytest
 import torch
-from _data_utils import make_image_folder, write_bad_file
+from _data_utils import make_image_folder, write_bad_file, write_huge_header_image
 from conftest import LAUNCH_VARS, REPO, TINY_EN_OPTS
 
 import pycls.core.builders as builders
@@ -556,6 +556,142 @@ ROWS = [
         r"error: this code needs torch >= 2\.3, torchvision >= 0\.18; found torch 2\.0\.1, "
         r"torchvision \S+: pip install -r requirements\.txt \(or a CANN release's torch and "
         r"torch_npu >= 2\.3 on Ascend\)",
+    # ------------------- round two: links, shared OUT_DIR, hostile files -------------------- #
+    row(
+        "data_only_loop_links",
+        "class folders that hold only links to themselves and their parent",
+        train(data="loop_links"),
+        r"error: {} holds no images \(jpg, jpeg, png, bmp, webp\); put them in .*".format(P),
+    ),
+    row(
+        "predict_folder_loop_links",
+        "`tools/predict.py` on a folder of links to itself",
+        tool(
+            "predict", "--cfg", CFG, "--weights", lambda ws: ws["good_pyth"], lambda ws: ws["loop"]
+        ),
+        r"error: folder {} holds no images \(.jpg, .jpeg, .png, .bmp, .webp\)".format(P),
+    ),
+    row(
+        "out_dir_in_use",
+        "a second run on an `OUT_DIR` another run is using",
+        train("OUT_DIR", lambda ws: ws["busy_out"]),
+        r"error: OUT_DIR {} is in use by another run \(pid \d+ on host \S+, started .+\); wait "
+        r"for it to end, stop it, or set OUT_DIR elsewhere".format(P),
+    ),
+    row(
+        "disk_full_on_save",
+        "the disk fills up while a checkpoint is written (`ulimit -f`)",
+        lambda ws: (
+            ["bash", "-c", 'ulimit -f {}; exec "$@"'.format(ws["fsize_blocks"]), "bash"]
+            + train()(ws)[0],
+            None,
+        ),
+        r"error: could not write checkpoint {} \(.+; \d+ MiB free in {}\); free disk space or set "
+        r"OUT_DIR elsewhere, then rerun to resume from the last checkpoint".format(P, P),
+        slow=True,
+    ),
+    row(
+        "cfg_repeated_key",
+        "the config file has the same section twice (`OPTIM:` ... `OPTIM:`)",
+        tool("train_net", "--cfg", lambda ws: ws["dup_yaml"]),
+        r"error: config {} sets OPTIM twice \(lines 1 and 3\); keep one".format(P),
+    ),
+    row(
+        "cfg_alias_bomb",
+        "a config whose YAML aliases expand to gigabytes",
+        tool("train_net", "--cfg", lambda ws: ws["bomb_yaml"]),
+        r"error: config {} expands \(through YAML aliases\) past 1 MiB; a config is small "
+        r"text".format(P),
+    ),
+    row(
+        "cfg_not_utf8",
+        "a config with bytes that are not UTF-8",
+        tool("train_net", "--cfg", lambda ws: ws["latin1_yaml"]),
+        r"error: config {} is not UTF-8 text \(byte 0xe9 at offset \d+\); save it as "
+        r"UTF-8".format(P),
+        slow=True,
+    ),
+    row(
+        "cfg_huge_file",
+        "a 2 MiB config file",
+        tool("train_net", "--cfg", lambda ws: ws["huge_yaml"]),
+        r"error: config {} is larger than 1 MiB; a config is small text, check --cfg".format(P),
+        slow=True,
+    ),
+    row(
+        "override_huge_value",
+        "an override value of 100,000 characters",
+        train("OUT_DIR", "z" * 100000),
+        r"error: config key OUT_DIR in the command line has a value of 100000 characters "
+        r"\(z{57}\.\.\.\); no config value is so long",
+    ),
+    row(
+        "test_weights_wrong_types",
+        "`TEST.WEIGHTS` whose `model_state` is not a mapping of tensors",
+        train("TEST.WEIGHTS", lambda ws: ws["wrong_types_pyth"], name="test_net"),
+        r"error: checkpoint {} is not a pycls checkpoint: its model_state is a list, not a "
+        r"mapping of tensors; use a checkpoint written by pycls".format(P),
+    ),
+    row(
+        "resume_wrong_types",
+        "the only checkpoint in `OUT_DIR` has an epoch that is not a number (auto-resume)",
+        train("OUT_DIR", lambda ws: ws["wrong_types_out"]),
+        r"error: no checkpoint in {} loads \(all 1 are corrupt\); delete them or set OUT_DIR "
+        r"elsewhere".format(P),
+        slow=True,
+    ),
+    row(
+        "test_weights_pickle_protocol4",
+        "`TEST.WEIGHTS` holds a Python object, saved with pickle protocol 4",
+        train("TEST.WEIGHTS", lambda ws: ws["object4_pyth"], name="test_net"),
+        r"error: checkpoint {} holds a Python object \(datetime\.date\) that safe loading "
+        r"\(weights_only\) refuses; use a checkpoint of plain tensors, from a source you "
+        r"trust".format(P),
+        slow=True,
+    ),
+    row(
+        "pretrained_other_widths",
+        "`TRAIN.PRETRAINED` from a model of other widths",
+        train("TRAIN.PRETRAINED", lambda ws: ws["wide_pyth"]),
+        r"error: pretrained weights {} differ from the model beyond its head \(.*\): shape "
+        r"mismatches: s7\..*; check --cfg / MODEL settings, or set TRAIN\.PRETRAINED_PARTIAL "
+        r"True to load only what fits".format(P),
+    ),
+    row(
+        "predict_huge_image",
+        "`tools/predict.py` on a JPEG whose header claims 60000x60000 pixels",
+        tool(
+            "predict",
+            "--cfg",
+            CFG,
+            "--weights",
+            lambda ws: ws["good_pyth"],
+            lambda ws: ws["bomb_jpg"],
+            *tiny_pairs(),
+        ),
+        r"error: 1 of 1 images could not be read \(first: {}\)".format(P),
+    ),
+    row(
+        "train_huge_images",
+        "more of an epoch's images exceed PIL's pixel limit than allowed",
+        train(data="bomb_images"),
+        r"error: \d+ of the 24 images of this epoch in {} are unreadable \(\d+\.\d+%\), more than "
+        r"DATA_LOADER\.MAX_BAD_FRACTION 0\.01; .*".format(P),
+        slow=True,
+    ),
+    row(
+        "export_out_is_a_folder",
+        "`tools/export_onnx.py --out` an existing folder",
+        tool(
+            "export_onnx",
+            "--cfg",
+            CFG,
+            "--weights",
+            lambda ws: ws["good_pyth"],
+            "--out",
+            lambda ws: ws["data"],
+        ),
+        r"error: --out {} is a folder; give the ONNX file to write, like {}".format(P, P),
     ),
 ]
 
@@ -567,6 +703,13 @@ class Workspace(dict):
         super().__init__()
         self.root = root
         self.count = 0
+        self.holder = None  # a process holding an OUT_DIR lock
+
+    def close(self):
+        """Ends the lock-holding process (it exits when its stdin closes)."""
+        if self.holder is not None:
+            self.holder.stdin.close()
+            self.holder.wait()
 
     def path(self, name):
         """Returns a path in the workspace."""
@@ -638,7 +781,74 @@ def make_workspace(root):
         ws["truncated_pyth"],
         os.path.join(ws["corrupt_out"], "checkpoints", "model_epoch_0001.pyth"),
     )
+    _round_two(ws, classes, counts, good)
     return ws
+
+
+def _hold_out_dir(out_dir):
+    """Starts a process that holds the OUT_DIR lock until our end of its stdin closes."""
+    code = (
+        "import sys; import pycls.core.checkpoint as cp; from pycls.core.config import cfg\n"
+        "cfg.OUT_DIR = sys.argv[1]; cp.lock_out_dir(); print('locked', flush=True)\n"
+        "sys.stdin.read()\n"
+    )
+    env = dict(os.environ, PYTHONPATH=REPO)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", code, out_dir],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    assert holder.stdout.readline().strip() == "locked"
+    return holder
+
+
+def _round_two(ws, classes, counts, good):
+    """Adds the inputs of the second round of bad inputs (links, locks, hostile files)."""
+    ws["good_pyth"] = good
+    ws["loop_links"] = make_image_folder(ws.path("loop_links"), classes, {"val": 4}, (16, 16))
+    for name in classes:
+        os.makedirs(os.path.join(ws["loop_links"], "train", name))
+        os.symlink(".", os.path.join(ws["loop_links"], "train", name, "self"))
+        os.symlink("..", os.path.join(ws["loop_links"], "train", name, "up"))
+    ws["loop"] = ws.path("loop")
+    os.makedirs(ws["loop"])
+    os.symlink(".", os.path.join(ws["loop"], "self"))
+    os.symlink(ws["loop"], os.path.join(ws["loop"], "again"))
+    ws["busy_out"] = ws.path("busy_out")
+    os.makedirs(ws["busy_out"])
+    ws.holder = _hold_out_dir(ws["busy_out"])
+    ws["fsize_blocks"] = str(max(os.path.getsize(good) // 1024 // 2, 1))  # half a checkpoint
+    ws["dup_yaml"] = _write(ws.path("dup.yaml"), "OPTIM:\n  BASE_LR: 0.1\nOPTIM:\n  MAX_EPOCH: 3\n")
+    bomb = "a: &a [x, x, x, x, x, x, x, x, x, x]\n"
+    for i in range(8):
+        alias = ", ".join(["*" + chr(97 + i)] * 10)
+        bomb += "{}: &{} [{}]\n".format(chr(98 + i), chr(98 + i), alias)
+    ws["bomb_yaml"] = _write(ws.path("bomb.yaml"), bomb)
+    ws["latin1_yaml"] = ws.path("latin1.yaml")
+    with open(ws["latin1_yaml"], "wb") as f:
+        f.write(b"MODEL:\n  TYPE: effn\xe9t\n")
+    ws["huge_yaml"] = _write(ws.path("huge.yaml"), "# " + "x" * (2 * 1024**2) + "\n")
+    ws["wrong_types_pyth"] = ws.path("wrong_types.pyth")
+    torch.save({"epoch": 0, "model_state": [1, 2, 3]}, ws["wrong_types_pyth"])
+    ws["wrong_types_out"] = ws.path("wrong_types_out")
+    os.makedirs(os.path.join(ws["wrong_types_out"], "checkpoints"))
+    state = torch.load(good, weights_only=True)
+    state["epoch"] = "one"
+    torch.save(state, os.path.join(ws["wrong_types_out"], "checkpoints", "model_epoch_0001.pyth"))
+    ws["object4_pyth"] = ws.path("object4.pyth")
+    made = {"epoch": 0, "model_state": {}, "made": datetime.date(2024, 1, 1)}
+    torch.save(made, ws["object4_pyth"], pickle_protocol=4)
+    ws["wide_pyth"] = _tiny_checkpoint(
+        ws.path("wide.pyth"), **{"EN.WIDTHS": "[8,8,16,16,24,24,40]"}
+    )
+    ws["bomb_jpg"] = write_huge_header_image(ws.path("bomb/bomb.jpg"), 60000, 60000)
+    ws["bomb_images"] = make_image_folder(ws.path("bomb_images"), classes, counts, (16, 16))
+    for name in classes:
+        for i in range(4):  # half of the train images
+            path = os.path.join(ws["bomb_images"], "train", name, "{}.jpg".format(i))
+            write_huge_header_image(path, 60000, 60000)
 
 
 def run_row(r, ws):
@@ -671,7 +881,9 @@ def workspace(tmp_path_factory):
     """The workspace of the rows; launcher output under test/output/DEVICE_ID is removed after."""
     output = os.path.join(REPO, "test", "output", DEVICE_ID)
     existed = os.path.exists(output)
-    yield make_workspace(str(tmp_path_factory.mktemp("bad_inputs")))
+    ws = make_workspace(str(tmp_path_factory.mktemp("bad_inputs")))
+    yield ws
+    ws.close()
     if not existed:
         shutil.rmtree(output, ignore_errors=True)
 
@@ -731,6 +943,7 @@ def main():
         rows = [r for r in ROWS if not (r.needs and r.needs(ws))]
         with concurrent.futures.ThreadPoolExecutor(PARALLEL) as pool:
             outcomes = list(zip(rows, pool.map(lambda r: run_row(r, ws), rows)))
+        ws.close()
         sys.stdout.write(markdown(outcomes, root))
     if not existed:
         shutil.rmtree(output, ignore_errors=True)

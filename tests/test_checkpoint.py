@@ -3,6 +3,10 @@
 import os
 import pickle
 import random
+import re
+import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -374,3 +378,131 @@ def test_check_out_dir(tmp_path):
     with pytest.raises(PyclsError, match="not writable"):
         cp.check_out_dir()
     assert blocker.read_text() == "a user's file"
+
+
+# ------------------ round two: structure, Python objects, full disk, lock ------------------ #
+
+
+@pytest.mark.parametrize(
+    "data, words",
+    [
+        ({"epoch": "3", "model_state": {}}, "its epoch is a str"),
+        ({"epoch": True, "model_state": {}}, "its epoch is a bool"),
+        ({"epoch": 1, "model_state": [1, 2]}, "its model_state is a list"),
+        ({"epoch": 1, "model_state": {"w": 3}}, "its model_state holds a int at key 'w'"),
+        ({"epoch": 1, "model_state": {}, "ema_state": "x"}, "its ema_state is a str"),
+        ({"epoch": 1, "model_state": {}, "best_err": "low"}, "its best_err is a str"),
+    ],
+)
+def test_structurally_wrong_checkpoints_are_named_and_skipped_on_resume(data, words, caplog):
+    path = _save(TinyNet(), 0, 50.0)
+    os.makedirs(cp.get_checkpoint_dir(), exist_ok=True)
+    torch.save(data, cp.get_checkpoint(2))
+    with pytest.raises(PyclsError, match="is not a pycls checkpoint: " + re.escape(words)):
+        cp.load_checkpoint(cp.get_checkpoint(2), TinyNet())
+    assert cp.find_resume_checkpoint() == path  # skipped like a truncated one
+    assert any(words in r.getMessage() for r in caplog.records)
+
+
+def test_model_state_of_wrong_type_is_refused_by_load_weights():
+    path = os.path.join(cfg.OUT_DIR, "w.pyth")
+    torch.save({"model_state": {"conv.weight": [1.0]}}, path)
+    with pytest.raises(PyclsError, match=r"its model_state holds a list at key 'conv.weight'"):
+        cp.load_weights(path, TinyNet())
+
+
+@pytest.mark.parametrize("protocol", [2, 4])
+def test_python_objects_named_from_the_pickle_for_any_protocol(protocol):
+    path = os.path.join(cfg.OUT_DIR, "obj.pyth")
+    torch.save({"epoch": 0, "model_state": {}, "p": Payload()}, path, pickle_protocol=protocol)
+    with pytest.raises(PyclsError, match=r"holds a Python object \(test_checkpoint\.Payload\)"):
+        cp.load_weights(path, TinyNet())
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        RuntimeError("[enforce fail at inline_container.cc:1] . PytorchStreamWriter failed"),
+        OSError(28, "No space left on device"),
+    ],
+)
+def test_a_failed_save_names_the_folder_and_keeps_older_checkpoints(error, monkeypatch):
+    model = TinyNet()
+    first = _save(model, 0, 50.0)
+    before = _files()
+    with open(first, "rb") as f:
+        content = f.read()
+
+    def failing_save(obj, f, *args, **kwargs):
+        f.write(b"x" * 100)  # part of the file, then the disk is full
+        raise error
+
+    monkeypatch.setattr(torch, "save", failing_save)
+    with pytest.raises(PyclsError) as info:
+        _save(model, 1, 40.0)
+    msg = str(info.value)
+    assert cp.get_checkpoint(2) in msg and "MiB free in " + cp.get_checkpoint_dir() in msg
+    assert "\n" not in msg and "free disk space" in msg
+    assert _files() == before  # no temporary file left, nothing older removed
+    with open(first, "rb") as f:
+        assert f.read() == content
+
+
+def test_space_check_counts_the_checkpoints_kept(monkeypatch, caplog):
+    free = shutil.disk_usage(cfg.OUT_DIR).free
+    cfg.OPTIM.MAX_EPOCH, cfg.TRAIN.CHECKPOINT_KEEP = 10, 0
+    one = free // 4  # a run keeping 10 of these cannot fit, one save can
+    cp.check_out_dir(min_free_bytes=2 * one)
+    assert any("keeps 10 more checkpoints" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    cfg.TRAIN.CHECKPOINT_KEEP = 1
+    cp.check_out_dir(min_free_bytes=2 * one)
+    assert not any("CHECKPOINT_KEEP" in r.getMessage() for r in caplog.records)
+
+
+def test_out_dir_lock_refuses_a_second_run_and_takes_over_a_stale_one(tmp_path, caplog):
+    code = (
+        "import sys, time; import pycls.core.checkpoint as cp; from pycls.core.config import cfg\n"
+        "cfg.OUT_DIR = sys.argv[1]; cp.lock_out_dir(); print('locked', flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    other = subprocess.Popen(
+        [sys.executable, "-c", code, cfg.OUT_DIR], stdout=subprocess.PIPE, text=True, env=env
+    )
+    try:
+        assert other.stdout.readline().strip() == "locked"
+        with pytest.raises(PyclsError) as info:
+            cp.lock_out_dir()
+        msg = str(info.value)
+        assert "is in use by another run (pid {} on host ".format(other.pid) in msg
+    finally:
+        other.kill()  # a killed run leaves its lock file behind
+        other.wait()
+    cp.lock_out_dir()  # stale: taken over
+    assert any("Taking over OUT_DIR" in r.getMessage() for r in caplog.records)
+    cp._release_lock()
+    assert not os.path.exists(os.path.join(cfg.OUT_DIR, ".lock"))
+
+
+class WideNet(TinyNet):
+    """TinyNet with a wider body (conv 8 channels): only the head may differ in fine-tuning."""
+
+    def __init__(self, num_classes=10, width=4):
+        super().__init__(num_classes)
+        self.conv = torch.nn.Conv2d(3, width, 3, bias=False)
+        self.bn = torch.nn.BatchNorm2d(width)
+        self.fc = torch.nn.Linear(width, num_classes)
+
+
+def test_pretrained_skips_only_the_head_unless_partial():
+    path = _save(WideNet(num_classes=1000, width=8), 0, 40.0)
+    with pytest.raises(PyclsError) as info:
+        cp.load_weights(path, WideNet(num_classes=10), skip_mismatched_head=True)
+    msg = str(info.value)
+    assert "differ from the model beyond its head" in msg and "conv.weight (file [8" in msg
+    assert "TRAIN.PRETRAINED_PARTIAL True" in msg and "fc.weight" not in msg
+    cfg.TRAIN.PRETRAINED_PARTIAL = True
+    target = WideNet(num_classes=10)
+    skipped = cp.load_weights(path, target, skip_mismatched_head=True)
+    assert "conv.weight" in skipped and "fc.weight" in skipped

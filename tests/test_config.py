@@ -156,3 +156,53 @@ def test_cli_flags_set_keys(tmp_path):
     args = config.load_cfg_from_args(argv + ["--profperf", "1", "OPTIM.BASE_LR", "0.5"])
     assert (cfg.DEVICE, cfg.DATA_LOADER.DATA_PATH) == ("cpu", str(tmp_path))
     assert cfg.PROFILE.ENABLED and cfg.OPTIM.BASE_LR == 0.5 and args.rank_id == 1
+
+
+# ------------------------------ round two: hostile files ------------------------------ #
+
+
+def _write_bytes(path, data):
+    with open(path, "wb") as f:
+        f.write(data)
+    return str(path)
+
+
+_BOMB = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+    "{}: &{} [{}]\n".format(chr(98 + i), chr(98 + i), ", ".join(["*" + chr(97 + i)] * 10))
+    for i in range(8)
+)
+
+
+@pytest.mark.parametrize(
+    "data, words",
+    [
+        (_BOMB.encode(), r"expands \(through YAML aliases\) past 1 MiB"),
+        (b"OUT_DIR: &a [*a]\n", r"holds a YAML alias to itself at OUT_DIR"),
+        (b"# " + b"x" * (2 * 1024**2), r"is larger than 1 MiB"),
+        (b"MODEL:\n  TYPE: effn\xe9t\n", r"is not UTF-8 text \(byte 0xe9 at offset 19\)"),
+        (
+            b"OPTIM:\n  BASE_LR: 0.1\nOPTIM:\n  MAX_EPOCH: 3\n",
+            r"sets OPTIM twice \(lines 1 and 3\)",
+        ),
+        (b"OPTIM:\n  BASE_LR: 0.1\n  BASE_LR: 0.2\n", r"sets OPTIM\.BASE_LR twice"),
+        (b"OUT_DIR: " + b"[" * 100000 + b"]" * 100000, r"is nested too deeply"),
+        (b"OUT_DIR: " + b"y" * 100000 + b"\n", r"value of 100000 characters \(y{57}\.\.\.\)"),
+    ],
+)
+def test_hostile_config_files_are_refused_in_one_short_line(tmp_path, data, words):
+    path = _write_bytes(tmp_path / "c.yaml", data)
+    with pytest.raises(PyclsError, match=words) as info:
+        config.merge_from_file(path)
+    assert "\n" not in str(info.value) and len(str(info.value)) < 300
+
+
+def test_hostile_overrides_are_refused_in_one_short_line():
+    levels = ["&a0 [{}]".format(", ".join(["x"] * 10))]
+    levels += ["&a{} [{}]".format(i, ", ".join(["*a{}".format(i - 1)] * 10)) for i in range(1, 8)]
+    bomb = "[{}]".format(", ".join(levels))
+    with pytest.raises(PyclsError, match=r"the command line expands .* past 1 MiB"):
+        config.merge_from_list(["OPTIM.STEPS", bomb])
+    with pytest.raises(PyclsError, match=r"value of 100000 characters \(z{57}\.\.\.\); "):
+        config.merge_from_list(["OUT_DIR", "z" * 100000])
+    with pytest.raises(PyclsError, match=r"^config overrides must be KEY VALUE pairs; got .{,60}$"):
+        config.merge_from_list(["OUT_DIR"] * 10001)

@@ -15,6 +15,7 @@ from _data_utils import (
     save_image,
     write_bad_file,
     write_demo_data,
+    write_huge_header_image,
 )
 from PIL import Image
 
@@ -237,3 +238,50 @@ def test_demo_data_cli_refuses_non_empty_dir(tmp_path):
     assert "wrote" in res.stdout and "train" in res.stdout and str(out) in res.stdout
     assert (out / "mine.txt").read_text() == "keep me"
     assert len(os.listdir(out / "train")) == 10
+
+
+# ------------------------- round two: links and huge images ------------------------- #
+
+
+def test_links_are_followed_once_and_never_loop(tmp_path, caplog):
+    make_image_folder(tmp_path, ["a", "b"], {"train": 2})
+    outside = tmp_path / "outside"
+    save_image(str(outside / "x.jpg"))
+    train = tmp_path / "train"
+    os.symlink(".", train / "a" / "self")  # to itself
+    os.symlink("..", train / "a" / "up")  # to its parent
+    os.symlink("../b", train / "b" / "loop")  # to itself by another name
+    os.symlink("../b", train / "a" / "to_b")  # to another class
+    os.symlink("0.jpg", train / "a" / "again.jpg")  # to a file already listed
+    os.symlink(str(outside / "x.jpg"), train / "a" / "x.jpg")  # to a file outside
+    os.symlink(str(outside / "x.jpg"), train / "b" / "x2.jpg")  # the same file again
+    os.symlink(str(outside), train / "b" / "more")  # the folder of that file
+    os.symlink("missing.jpg", train / "b" / "broken.jpg")
+    with caplog.at_level(logging.WARNING, logger="pycls.datasets.imagenet"):
+        ds = ImageNet(str(tmp_path), "train", _identity)
+    real = sorted(os.path.realpath(ds.path(i)) for i in range(len(ds)))
+    assert len(real) == len(set(real)) == 5  # 2 + 2 images and x.jpg, each once
+    assert "x.jpg" in {os.path.basename(p) for p in real}
+    assert any("skipped 7 links" in r.getMessage() for r in caplog.records)
+
+
+def test_a_class_linked_to_another_is_not_read_twice(tmp_path):
+    make_image_folder(tmp_path, ["a"], {"train": 2})
+    os.symlink("a", tmp_path / "train" / "b")
+    ds = ImageNet(str(tmp_path), "train", _identity)
+    assert ds.classes == ["a", "b"] and len(ds) == 2
+
+
+@pytest.mark.parametrize("name", ["bomb.jpg", "bomb.png"])
+def test_images_above_the_pixel_limit_are_refused_from_the_header(tmp_path, name):
+    path = write_huge_header_image(str(tmp_path / name), 60000, 60000)
+    with pytest.raises(ValueError, match=r"image size \(3600000000 pixels\) exceeds the limit"):
+        load_image(path)
+
+
+def test_pixel_limit_also_covers_pils_warning_band(tmp_path, monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    for name in ("a.jpg", "b.png"):
+        path = save_image(str(tmp_path / name), size=(40, 30))  # 1200 pixels: PIL only warns
+        with pytest.raises(ValueError, match=r"1200 pixels\) exceeds the limit of 1000"):
+            load_image(path)

@@ -221,6 +221,19 @@ def test_predict_cli_reports_bad_image_and_exits_2(weights, tmp_path):
     ]
 
 
+def test_predict_folders_follow_links_once(tmp_path, capsys):
+    photos = tmp_path / "photos"
+    os.makedirs(photos / "sub")
+    for name in ("a.jpg", "sub/b.png"):
+        Image.new("RGB", (8, 8)).save(str(photos / name))
+    os.symlink(".", photos / "self")
+    os.symlink("..", photos / "sub" / "up")
+    os.symlink("a.jpg", photos / "again.jpg")
+    images = predict.list_images([str(photos), str(photos / "sub")])
+    assert sorted(os.path.relpath(p, str(photos)) for p in images) == ["a.jpg", "sub/b.png"]
+    assert "skipped 4 links" in capsys.readouterr().err
+
+
 # ---------------------------------- export_onnx.py ---------------------------------- #
 
 
@@ -300,6 +313,25 @@ def test_export_onnx_dynamo_needs_onnxscript(weights, tmp_path):
     with pytest.raises(PyclsError, match="pip install onnxscript"):
         export_onnx.main(args)
     assert not out.exists()
+
+
+def test_export_onnx_without_onnx_names_the_package(weights, tmp_path, monkeypatch):
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        export_onnx.importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "onnx" else find_spec(name, *a),
+    )
+    out = tmp_path / "model.onnx"
+    with pytest.raises(PyclsError, match=r"needs the onnx package.*: pip install onnx"):
+        export_onnx.main(_TINY + ["--weights", weights, "--out", str(out)] + _TINY_OPTS)
+    assert not out.exists()
+
+
+def test_export_onnx_refuses_a_folder_as_out(weights, tmp_path):
+    with pytest.raises(PyclsError, match=r"--out .* is a folder; give the ONNX file"):
+        export_onnx.main(_TINY + ["--weights", weights, "--out", str(tmp_path), "--force"])
+    assert os.listdir(tmp_path) == []
 
 
 # ----------------------------------- plot_log.py ------------------------------------ #

@@ -5,16 +5,16 @@ The input "input" is a float32 N x 3 x TRAIN.IM_SIZE x TRAIN.IM_SIZE batch prepa
 loader does: the short side resized to TEST.IM_SIZE, a center crop, the channels in
 INPUT.CHANNEL_ORDER (bgr by default, as pycls: channel 0 is blue) and each channel normalised
 as (x / 255 - mean) / std with the ImageNet mean and std in that order. The file's metadata
-(metadata_props, written where the onnx package is installed) records channel_order, mean,
-std, im_size and test_im_size, so a consumer can prepare its images without this repository.
+(metadata_props) records channel_order, mean, std, im_size and test_im_size, so a consumer can
+prepare its images without this repository.
 
-The model is exported at TRAIN.IM_SIZE in eval mode on the CPU. By default the TorchScript
-exporter runs (torch.onnx.export(dynamo=False)): it needs no package beyond torch. With
-torch >= 2.9 the default exporter is the torch.export one (dynamo=True), which also needs
-onnxscript (pip install onnxscript); --dynamo picks it. Where onnxruntime is installed
-(pip install onnx onnxruntime, or pip install -e .[onnx]) the exported model is run on a random
-batch of 2 and compared with PyTorch: the largest absolute difference is printed, and above
---tol the file is not written and the exit status is 1. An existing --out is kept unless --force.
+The model is exported at TRAIN.IM_SIZE in eval mode on the CPU. Export needs the onnx package
+(pip install onnx; pip install -e .[onnx] adds onnxruntime; requirements-dev.txt has both). By
+default the TorchScript exporter runs (torch.onnx.export(dynamo=False)); --dynamo picks the
+torch.export one, which also needs onnxscript (pip install onnxscript). Where onnxruntime is
+installed the exported model is run on a random batch of 2 and compared with PyTorch: the
+largest absolute difference is printed, and above --tol the file is not written and the exit
+status is 1. An existing --out is kept unless --force; an --out that is a folder is refused.
 
 Example:
     python tools/export_onnx.py --cfg configs/dds_baselines/effnet/EN-B3_dds_8gpu.yaml \\
@@ -74,6 +74,10 @@ def export(model, path, im_size, opset, dynamo=False):
     """Writes the model to an ONNX file with a dynamic batch axis."""
     import torch
 
+    if importlib.util.find_spec("onnx") is None:
+        msg = "ONNX export needs the onnx package, which is not installed: pip install onnx "
+        msg += "(or pip install -e .[onnx], which adds onnxruntime to check the export)"
+        raise PyclsError(msg)
     if dynamo and importlib.util.find_spec("onnxscript") is None:
         raise PyclsError("--dynamo needs onnxscript: pip install onnxscript (or drop --dynamo)")
     x = torch.randn(2, 3, im_size, im_size)
@@ -116,7 +120,10 @@ def max_abs_diff(model, path, im_size, batch_size=2):
 
 
 def _check_out(args):
-    """Refuses an existing output (unless --force) or a missing output folder."""
+    """Refuses a folder, an existing output (unless --force) or a missing output folder."""
+    if os.path.isdir(args.out):
+        msg = "--out {} is a folder; give the ONNX file to write, like {}"
+        raise PyclsError(msg.format(args.out, os.path.join(args.out, "model.onnx")))
     if os.path.exists(args.out) and not args.force:
         raise PyclsError("{} exists; pass --force to replace it".format(args.out))
     folder = os.path.dirname(os.path.abspath(args.out))

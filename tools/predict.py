@@ -3,11 +3,11 @@
 
 Each image goes through the test transform (short side resized to TEST.IM_SIZE, center crop
 TRAIN.IM_SIZE, channels in INPUT.CHANNEL_ORDER, normalise), as in testing. Folders are searched
-recursively for files with an image extension (as the dataset does). Class names come from
---names (one per line), else from the class folders of the dataset (--data_path, else
-DATA_LOADER.DATA_PATH of --cfg or of the checkpoint's config), else the class indices are
-printed. An unreadable image is reported on its own line; the run then ends with a non-zero
-exit.
+recursively for files with an image extension, following links but listing each real file once
+(as the dataset does). Class names come from --names (one per line), else from the class folders
+of the dataset (--data_path, else DATA_LOADER.DATA_PATH of --cfg or of the checkpoint's config),
+else the class indices are printed. An unreadable image is reported on its own line; the run then
+ends with a non-zero exit.
 
 Example:
     python tools/predict.py --cfg configs/dds_baselines/effnet/EN-B3_dds_8gpu.yaml \\
@@ -65,26 +65,26 @@ def split_inputs(inputs):
 
 
 def list_images(paths):
-    """Lists the images to predict: files as given, folders searched recursively."""
-    from pycls.datasets.imagenet import IMAGE_EXTENSIONS
+    """Lists the images to predict: files as given, folders searched (each file once)."""
+    from pycls.datasets.imagenet import IMAGE_EXTENSIONS, scan_images
 
-    images = []
+    folders = [p for p in paths if os.path.isdir(p)]
+    lists, skipped = scan_images(folders)
+    images, reals = [], []
     for path in paths:
         if not os.path.isdir(path):
             images.append(path)
             continue
-        found = []
-        for root, dirs, files in os.walk(path, followlinks=True):
-            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-            found += [
-                os.path.join(root, f)
-                for f in sorted(files)
-                if not f.startswith(".") and f.lower().endswith(IMAGE_EXTENSIONS)
-            ]
-        if not found:
+        found = lists.pop(0)
+        real = os.path.join(os.path.realpath(path), "")
+        if not found and not any(real.startswith(r) for r in reals):
             exts = ", ".join(IMAGE_EXTENSIONS)
             raise PyclsError("folder {} holds no images ({})".format(path, exts))
-        images += found
+        reals.append(real)
+        images += [os.path.join(path, p) for p in found]
+    if skipped:
+        msg = "note: skipped {} links to files or folders already listed (or to nothing)"
+        print(msg.format(skipped), file=sys.stderr)
     return images
 
 

@@ -6,12 +6,18 @@ OUT_DIR/checkpoints/model_epoch_XXXX.pyth (epochs counted from 1) and model_best
 load uses torch.load(weights_only=True): a file holding arbitrary Python objects is refused.
 """
 
+import atexit
+import json
 import os
+import pickletools
 import random
 import re
 import shutil
+import socket
+import time
 import uuid
 import warnings
+import zipfile
 
 import numpy as np
 import torch
@@ -44,6 +50,18 @@ _BN_COUNTER = "num_batches_tracked"
 
 # Most key names listed in a mismatch error
 _MAX_NAMES = 10
+
+# Lock file of the run that owns an OUT_DIR, and the lock this process holds
+_LOCK_NAME = ".lock"
+_held_lock = {}
+
+# Globals a weights_only load accepts where torch cannot list them (torch's tensors and dtypes
+# besides); any other global in a pickle is a Python object
+_SAFE_GLOBALS = {"collections.OrderedDict", "_codecs.encode", "builtins.set", "builtins.bytearray"}
+_SAFE_TORCH_RE = re.compile(r"^torch\.(_utils\._rebuild\w*|_tensor\._rebuild\w*|\w+)$")
+
+# Python 2 module names in protocol 2 pickles
+_PY2_MODULES = {"__builtin__": "builtins", "copy_reg": "copyreg"}
 
 
 def get_checkpoint_dir(out_dir=None):
@@ -107,7 +125,116 @@ def check_out_dir(min_free_bytes=0):
         msg = "only {:.0f} MiB free in {}, checkpoints need about {:.0f} MiB; free space or {}"
         mib = 1024**2
         raise PyclsError(msg.format(free / mib, checkpoint_dir, min_free_bytes / mib, fix))
+    if min_free_bytes > 0:
+        _warn_if_kept_do_not_fit(checkpoint_dir, free, min_free_bytes / 2)
     return checkpoint_dir
+
+
+def _warn_if_kept_do_not_fit(checkpoint_dir, free, checkpoint_bytes):
+    """Warns when the checkpoints the run keeps (TRAIN.CHECKPOINT_KEEP) need more than is free.
+
+    min_free_bytes of check_out_dir is the room of one save (the new file next to the last);
+    the run writes one checkpoint per TRAIN.CHECKPOINT_PERIOD epochs and the last epoch.
+    """
+    period, epochs, keep = (
+        cfg.TRAIN.CHECKPOINT_PERIOD,
+        cfg.OPTIM.MAX_EPOCH,
+        cfg.TRAIN.CHECKPOINT_KEEP,
+    )
+    saves = epochs // period + (1 if epochs % period else 0)
+    new = max(saves - len(_epoch_checkpoints()), 0)
+    files = min(keep, new) + 1 if keep > 0 else new
+    need = files * checkpoint_bytes
+    if need > free:
+        mib = 1024**2
+        msg = "TRAIN.CHECKPOINT_KEEP {} keeps {} more checkpoints of about {:.0f} MiB ({:.0f} MiB) "
+        msg += "but only {:.0f} MiB are free in {}; the run will stop when the disk is full: free "
+        msg += "space or set TRAIN.CHECKPOINT_KEEP"
+        args = (keep, files, checkpoint_bytes / mib, need / mib, free / mib, checkpoint_dir)
+        logger.warning(msg.format(*args))
+
+
+def _lock_owner(text):
+    """Describes the run named in a lock file's text (pid, host, start time)."""
+    try:
+        owner = json.loads(text)
+        return "pid {} on host {}, started {}".format(owner["pid"], owner["host"], owner["started"])
+    except (ValueError, KeyError, TypeError):
+        return "unknown pid and host"
+
+
+def _release_lock():
+    """Removes and unlocks this process's OUT_DIR lock (a killed run leaves the file behind)."""
+    f, path = _held_lock.pop("file", None), _held_lock.pop("path", None)
+    if f is None:
+        return
+    _remove_quietly(path)  # while still locked: a run waiting on this file retries
+    f.close()  # closing releases the flock
+
+
+def _open_locked(path):
+    """Opens and flocks the lock file at path (retrying if a finishing run removed it); returns
+    the file, or raises BlockingIOError with the file's text as its filename when held."""
+    import fcntl
+
+    for _ in range(10):
+        f = open(path, "a+")
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            text = f.read(1000)
+            f.close()
+            raise BlockingIOError(0, "locked", text) from None
+        except OSError:
+            f.close()
+            raise
+        try:
+            if os.stat(path).st_ino == os.fstat(f.fileno()).st_ino:
+                return f
+        except FileNotFoundError:
+            pass
+        f.close()  # locked a file the run before removed on its way out: lock the new one
+    raise BlockingIOError(0, "locked", "")
+
+
+def lock_out_dir():
+    """Makes this run the only one on OUT_DIR (main process only) until the process ends.
+
+    The lock is an flock on OUT_DIR/.lock, which the OS releases however the process ends; the
+    file names the owner (pid, host, start time) and is removed at a normal exit. A second run
+    on the same OUT_DIR stops with a PyclsError naming the owner; a file left by a killed run
+    (no longer locked) is taken over with a warning.
+    """
+    if not dist.is_main_proc():
+        return
+    path = os.path.join(os.path.realpath(cfg.OUT_DIR), _LOCK_NAME)
+    if _held_lock.get("path") == path:
+        return
+    _release_lock()  # a process runs one job at a time (tests run several in one process)
+    try:
+        f = _open_locked(path)
+    except BlockingIOError as e:
+        msg = "OUT_DIR {} is in use by another run ({}); wait for it to end, stop it, or set "
+        msg += "OUT_DIR elsewhere"
+        raise PyclsError(msg.format(cfg.OUT_DIR, _lock_owner(e.filename))) from None
+    except OSError as e:  # not writable, or a file system without locks
+        msg = "Could not lock {} ({}); nothing stops a second run on this OUT_DIR"
+        logger.warning(msg.format(path, e.strerror or e))
+        return
+    f.seek(0)
+    old = f.read(1000)
+    if old.strip():
+        msg = "Taking over OUT_DIR {} from a run that ended without releasing it ({})"
+        logger.warning(msg.format(cfg.OUT_DIR, _lock_owner(old)))
+    owner = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.ctime()}
+    f.seek(0)
+    f.truncate()
+    f.write(json.dumps(owner) + "\n")
+    f.flush()
+    if not _held_lock.get("registered"):
+        atexit.register(_release_lock)
+    _held_lock.update(path=path, file=f, registered=True)
 
 
 def _strip_prefixes(key):
@@ -262,6 +389,20 @@ def _fsync_dir(folder):
         os.close(fd)
 
 
+def _write_error(path, error):
+    """Builds the error of a failed checkpoint write, naming the folder and its free space."""
+    folder = os.path.dirname(path)
+    reason = getattr(error, "strerror", None) or str(error).strip() or type(error).__name__
+    reason = re.sub(r"^\[[^\]]*\][\s.]*", "", reason.splitlines()[0])[:100]
+    try:
+        free = "{:.0f} MiB free".format(shutil.disk_usage(folder).free / 1024**2)
+    except OSError:
+        free = "free space unknown"
+    msg = "could not write checkpoint {} ({}; {} in {}); free disk space or set OUT_DIR "
+    msg += "elsewhere, then rerun to resume from the last checkpoint"
+    return PyclsError(msg.format(path, reason, free, folder))
+
+
 def _write_atomic(path, write):
     """Calls write(file) on a temporary file, fsyncs it and renames it to path."""
     tmp = _temp_path(path)
@@ -271,10 +412,9 @@ def _write_atomic(path, write):
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except OSError as e:
+    except (OSError, RuntimeError) as e:  # torch reports some failed writes as RuntimeError
         _remove_quietly(tmp)
-        msg = "could not write checkpoint {} ({}); free disk space or set OUT_DIR elsewhere"
-        raise PyclsError(msg.format(path, e.strerror or e)) from e
+        raise _write_error(path, e) from e
     except BaseException:
         _remove_quietly(tmp)
         raise
@@ -291,7 +431,11 @@ def _link_atomic(src, dst):
         with open(src, "rb") as f_src:
             _write_atomic(dst, lambda f: shutil.copyfileobj(f_src, f))
         return
-    os.replace(tmp, dst)
+    try:
+        os.replace(tmp, dst)
+    except OSError as e:
+        _remove_quietly(tmp)
+        raise _write_error(dst, e) from e
     _fsync_dir(os.path.dirname(dst))
 
 
@@ -365,9 +509,53 @@ def save_checkpoint(model, model_ema, optimizer, epoch, test_err, ema_err, extra
     return path
 
 
+def _pickled_objects(path):
+    """Returns the Python objects (module.name) a zip checkpoint's pickle names beyond torch's
+    tensors and plain containers, or None when the file is not a readable zip checkpoint."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = [n for n in zf.namelist() if n == "data.pkl" or n.endswith("/data.pkl")]
+            data = zf.read(names[0]) if names else None
+        if data is None:
+            return None
+        found, pushed, memo = [], [], {}
+        for op, arg, _ in pickletools.genops(data):
+            if op.name == "GLOBAL":
+                found.append(arg.replace(" ", "."))
+            elif op.name == "STACK_GLOBAL":
+                found.append("{}.{}".format(*[str(x) for x in pushed[-2:]]))
+            elif op.name in ("MEMOIZE", "PUT", "BINPUT", "LONG_BINPUT"):
+                memo[len(memo) if op.name == "MEMOIZE" else arg] = pushed[-1] if pushed else None
+            elif op.name in ("GET", "BINGET", "LONG_BINGET"):
+                pushed.append(memo.get(arg))
+            else:
+                pushed.append(arg if isinstance(arg, str) else None)
+    except Exception:  # a truncated or corrupt file: not readable as a pickle
+        return None
+    safe = _safe_globals()
+    found = [_PY2_MODULES.get(n.split(".")[0], n.split(".")[0]) + n[n.find(".") :] for n in found]
+    if safe is None:
+        return [n for n in found if n not in _SAFE_GLOBALS and not _SAFE_TORCH_RE.match(n)]
+    return [n for n in found if n not in safe]
+
+
+def _safe_globals():
+    """Returns the names a weights_only load accepts (torch's own list), or None if unknown."""
+    try:
+        from torch import _weights_only_unpickler as unpickler
+
+        names = set(unpickler._get_allowed_globals())
+        names.update(getattr(unpickler, "_get_user_allowed_globals", dict)())
+    except Exception:  # a private torch API: fall back to _SAFE_GLOBALS
+        return None
+    return names
+
+
 def _unsafe_global(error):
     """Returns the name of the Python object a weights_only load refused, if any."""
-    match = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(error))
+    # Wordings of torch 1.13 to 2.x: "Unsupported class x.y", "Unsupported global: GLOBAL x.y",
+    # "Trying to load unsupported GLOBAL x.y whose module x is blocked"
+    match = re.search(r"(?:GLOBAL|[Uu]nsupported class)\s+([A-Za-z_][\w.]*)", str(error))
     return match.group(1) if match else None
 
 
@@ -391,11 +579,16 @@ def _load_file(path, mmap=False):
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
             data = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as e:
-        name = _unsafe_global(e)
+        objects = _pickled_objects(path)
+        name = objects[0] if objects else _unsafe_global(e)
         if name is not None:
             msg = "checkpoint {} holds a Python object ({}) that safe loading (weights_only) "
             msg += "refuses; use a checkpoint of plain tensors, from a source you trust"
             raise PyclsError(msg.format(path, name)) from e
+        if objects is not None:  # the whole pickle reads: an intact file torch cannot load safely
+            msg = "checkpoint {} is intact but safe loading (weights_only) cannot read it ({}); "
+            msg += "save it again with torch.save's default settings"
+            raise PyclsError(msg.format(path, _load_error_reason(e))) from e
         msg = "checkpoint {} is truncated, corrupt or not a checkpoint ({}); use another file"
         raise PyclsError(msg.format(path, _load_error_reason(e))) from e
     if not isinstance(data, dict):
@@ -404,13 +597,47 @@ def _load_file(path, mmap=False):
     return data
 
 
+def _tensor_map_problem(state):
+    """Says why a loaded value is not a state dict (a mapping of names to tensors), or ''."""
+    if not isinstance(state, dict):
+        return "is a {}, not a mapping of tensors".format(type(state).__name__)
+    for k, v in state.items():
+        if not isinstance(k, str) or not torch.is_tensor(v):
+            key = repr(k)[:40]
+            return "holds a {} at key {}, not a tensor".format(type(v).__name__, key)
+    return ""
+
+
+def _structure_problem(checkpoint):
+    """Says which field of a loaded checkpoint dict has the wrong type, or ''."""
+    epoch = checkpoint["epoch"]
+    if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0:
+        return "its epoch is a {}, not a whole number".format(type(epoch).__name__)
+    for key in ("model_state", "ema_state"):
+        value = checkpoint.get(key)
+        problem = _tensor_map_problem(value) if key == "model_state" or value is not None else ""
+        if problem:
+            return "its {} {}".format(key, problem)
+    if not isinstance(checkpoint.get("optimizer_state") or {}, dict):
+        return "its optimizer_state is a {}".format(type(checkpoint["optimizer_state"]).__name__)
+    for key in ("test_err", "ema_err", "best_err"):
+        value = checkpoint.get(key)
+        if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool)):
+            return "its {} is a {}, not a number".format(key, type(value).__name__)
+    return ""
+
+
 def _load_checkpoint_file(path):
-    """Loads a file that must be a checkpoint (with epoch and model_state)."""
+    """Loads a file that must be a checkpoint (with epoch and model_state of the right types)."""
     checkpoint = _load_file(path)
     missing = [k for k in _REQUIRED_KEYS if k not in checkpoint]
     if missing:
         msg = "checkpoint {} has no {}; use a checkpoint written by pycls"
         raise PyclsError(msg.format(path, " or ".join(missing)))
+    problem = _structure_problem(checkpoint)
+    if problem:
+        msg = "checkpoint {} is not a pycls checkpoint: {}; use a checkpoint written by pycls"
+        raise PyclsError(msg.format(path, problem))
     return checkpoint
 
 
@@ -449,13 +676,13 @@ def _made_with(checkpoint):
     )
 
 
-def _mismatches(model_state, state, skip_shapes=False):
-    """Returns (problems, keys with other shapes) between a model's state and a loaded one."""
+def _mismatches(model_state, state):
+    """Returns the problems (missing, unexpected keys, other shapes) of a loaded state dict."""
     # torch fills in the BN counters that old files (as some of pycls's) lack
     missing = [k for k in model_state if k not in state and not k.endswith(_BN_COUNTER)]
     unexpected = [k for k in state if k not in model_state]
     shapes = [
-        k
+        "{} (file {}, model {})".format(k, list(state[k].shape), list(model_state[k].shape))
         for k in model_state
         if k in state and torch.is_tensor(state[k]) and state[k].shape != model_state[k].shape
     ]
@@ -464,29 +691,21 @@ def _mismatches(model_state, state, skip_shapes=False):
         problems.append("missing keys: " + _list_names(missing))
     if unexpected:
         problems.append("unexpected keys: " + _list_names(unexpected))
-    if shapes and not skip_shapes:
-        shown = [
-            "{} (file {}, model {})".format(k, list(state[k].shape), list(model_state[k].shape))
-            for k in shapes
-        ]
-        problems.append("shape mismatches: " + _list_names(shown))
-    return problems, shapes
+    if shapes:
+        problems.append("shape mismatches: " + _list_names(shapes))
+    return problems
 
 
-def _load_state(path, model, state, checkpoint, what="", skip_shapes=False):
-    """Loads a state dict strictly into the bare model; returns the keys skipped for shape."""
+def _load_state(path, model, state, checkpoint, what=""):
+    """Loads a state dict strictly into the bare model; returns the keys skipped (none)."""
     model = _unwrap(model)
     state = _clean_state(state)
-    problems, shapes = _mismatches(model.state_dict(), state, skip_shapes)
+    problems = _mismatches(model.state_dict(), state)
     if problems:
         msg = "checkpoint {}{} does not fit the model{}: {}; check --cfg / MODEL settings"
         raise PyclsError(msg.format(path, what, _made_with(checkpoint), "; ".join(problems)))
-    if shapes:
-        state = {k: v for k, v in state.items() if k not in shapes}
-        model.load_state_dict(state, strict=False)
-    else:
-        model.load_state_dict(state)
-    return shapes
+    model.load_state_dict(state)
+    return []
 
 
 def load_checkpoint(path, model, model_ema=None, optimizer=None):
@@ -517,8 +736,47 @@ def _is_state_dict(data):
     return bool(data) and all(torch.is_tensor(v) for v in data.values())
 
 
+def _head_keys(model):
+    """Returns the state dict keys of the model's classifier head (its last Linear layer)."""
+    linears = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+    if not linears:
+        return set()
+    prefix = linears[-1] + "."
+    return {k for k in model.state_dict() if k.startswith(prefix)}
+
+
+def _load_pretrained(path, model, state, checkpoint):
+    """Loads fine-tuning weights: a head of another shape is skipped, any other difference is an
+    error unless TRAIN.PRETRAINED_PARTIAL loads only the tensors that fit; returns those skipped."""
+    model = _unwrap(model)
+    state, model_state = _clean_state(state), model.state_dict()
+    head = [
+        k
+        for k in _head_keys(model)
+        if k in state and torch.is_tensor(state[k]) and state[k].shape != model_state[k].shape
+    ]
+    body_model = {k: v for k, v in model_state.items() if k not in head}
+    body_state = {k: v for k, v in state.items() if k not in head}
+    problems = _mismatches(body_model, body_state)
+    if problems and not cfg.TRAIN.PRETRAINED_PARTIAL:
+        msg = "pretrained weights {} differ from the model beyond its head{}: {}; check --cfg / "
+        msg += "MODEL settings, or set TRAIN.PRETRAINED_PARTIAL True to load only what fits"
+        raise PyclsError(msg.format(path, _made_with(checkpoint), "; ".join(problems)))
+    fits = {
+        k: v
+        for k, v in body_state.items()
+        if k in model_state and torch.is_tensor(v) and v.shape == model_state[k].shape
+    }
+    model.load_state_dict(fits, strict=False)
+    return [k for k in model_state if k not in fits and not k.endswith(_BN_COUNTER)]
+
+
 def load_weights(path, model, skip_mismatched_head=False):
-    """Loads model weights (model_state or a raw state dict); returns the keys skipped."""
+    """Loads model weights (model_state or a raw state dict); returns the keys skipped.
+
+    With skip_mismatched_head (TRAIN.PRETRAINED), a classifier head of another shape is skipped
+    (see _load_pretrained); otherwise every key and shape must match.
+    """
     data = _load_file(path)
     if "model_state" in data:
         state, checkpoint = data["model_state"], data
@@ -527,8 +785,16 @@ def load_weights(path, model, skip_mismatched_head=False):
     else:
         msg = "weights file {} has no model_state and is not a state dict; use a pycls .pyth"
         raise PyclsError(msg.format(path))
-    skipped = _load_state(path, model, state, checkpoint, skip_shapes=skip_mismatched_head)
+    problem = _tensor_map_problem(state)
+    if problem:
+        msg = "checkpoint {} is not a pycls checkpoint: its model_state {}; use a checkpoint "
+        msg += "written by pycls"
+        raise PyclsError(msg.format(path, problem))
+    if skip_mismatched_head:
+        skipped = _load_pretrained(path, model, state, checkpoint)
+    else:
+        skipped = _load_state(path, model, state, checkpoint)
     if skipped:
-        msg = "Skipped weights of another shape in {} (kept their initial values): {}"
-        logger.warning(msg.format(path, _list_names(skipped)))
+        msg = "Skipped {} of the model's tensors from {} (kept their initial values): {}"
+        logger.warning(msg.format(len(skipped), path, _list_names(skipped)))
     return skipped

@@ -283,6 +283,10 @@ _C.TRAIN.WEIGHTS = ""
 # Pretrained weights to fine-tune from (a head of another size is skipped and reported)
 _C.TRAIN.PRETRAINED = ""
 
+# Load only the TRAIN.PRETRAINED tensors that fit (any that differ keep their initial values);
+# without it, any difference beyond the classifier head is an error
+_C.TRAIN.PRETRAINED_PARTIAL = False
+
 # Label smoothing value in 0 to 1 where (0 gives no smoothing)
 _C.TRAIN.LABEL_SMOOTHING = 0.0
 
@@ -479,7 +483,7 @@ def _unknown_key_error(key, where):
     """Builds the error for a key that is not in the config tree."""
     close = difflib.get_close_matches(key, _all_keys(_CFG_DEFAULT), n=1, cutoff=0.6)
     hint = "did you mean {}?".format(close[0]) if close else "see pycls/core/config.py"
-    return PyclsError("unknown config key {} in {}: {}".format(key, where, hint))
+    return PyclsError("unknown config key {} in {}: {}".format(_excerpt(key), where, hint))
 
 
 def _default_of(key, where):
@@ -499,6 +503,10 @@ def _coerce(key, value, where):
         if not isinstance(value, dict):
             raise PyclsError("config key {} in {} is a section; give its keys".format(key, where))
         return {k: _coerce(key + "." + k, v, where) for k, v in value.items()}
+    chars = len(value) if isinstance(value, str) else len(repr(value))
+    if chars > _MAX_VALUE_CHARS:
+        msg = "config key {} in {} has a value of {} characters ({}); no config value is so long"
+        raise PyclsError(msg.format(key, where, chars, _excerpt(value)))
     if key in _NUMBER_OR_WORD_KEYS and isinstance(value, (int, float)):
         return str(value)
     if isinstance(value, str) and not isinstance(default, str):
@@ -513,7 +521,7 @@ def _coerce(key, value, where):
         return list(value)
     if type(value) is not type(default):
         msg = "config key {} in {} takes a {} (like {!r}), not {!r}"
-        raise PyclsError(msg.format(key, where, type(default).__name__, default, value))
+        raise PyclsError(msg.format(key, where, type(default).__name__, default, _excerpt(value)))
     return value
 
 
@@ -522,7 +530,8 @@ def _merge_dict(data, where):
     if data is None:
         return
     if not isinstance(data, dict):
-        raise PyclsError("{} must hold a mapping of config keys, not {!r}".format(where, data))
+        msg = "{} must hold a mapping of config keys, not {!r}"
+        raise PyclsError(msg.format(where, _excerpt(data)))
     _set_values(_C, {k: _coerce(k, v, where) for k, v in data.items()})
 
 
@@ -537,15 +546,101 @@ def _set_values(node, data):
             node[k] = v
 
 
+# A config is a few KB of text: larger files, documents or values are refused
+_MAX_CFG_BYTES = 1024**2
+_MAX_VALUE_CHARS = 4096
+
+# Longest excerpt of a user's value an error line shows
+_MAX_EXCERPT = 60
+
+
+def _excerpt(value):
+    """Returns repr(value) cut to a short excerpt for an error line."""
+    text = repr(value) if not isinstance(value, str) else value
+    return text if len(text) <= _MAX_EXCERPT else text[: _MAX_EXCERPT - 3] + "..."
+
+
+def _node_size(node, where, key, sizes, open_ids):
+    """Returns a YAML node's size with aliases expanded (characters of its scalars); refuses
+    documents past _MAX_CFG_BYTES (alias bombs), nodes that hold themselves and repeated keys."""
+    if id(node) in sizes:
+        return sizes[id(node)]
+    if id(node) in open_ids:
+        raise PyclsError(
+            "config {} holds a YAML alias to itself at {}; remove it".format(where, key)
+        )
+    open_ids.add(id(node))
+    if isinstance(node, yaml.ScalarNode):
+        size = len(node.value) + 1
+    elif isinstance(node, yaml.SequenceNode):
+        size = 1 + sum(_node_size(n, where, key, sizes, open_ids) for n in node.value)
+    else:
+        size, lines = 1, {}
+        for k, v in node.value:
+            scalar = isinstance(k, yaml.ScalarNode)
+            name = "{}.{}".format(key, k.value) if key and scalar else str(k.value)
+            if scalar and k.value in lines:
+                msg = "config {} sets {} twice (lines {} and {}); keep one"
+                line = k.start_mark.line + 1
+                raise PyclsError(msg.format(where, _excerpt(name), lines[k.value], line))
+            if scalar:
+                lines[k.value] = k.start_mark.line + 1
+            size += _node_size(k, where, key, sizes, open_ids)
+            size += _node_size(v, where, name, sizes, open_ids)
+    open_ids.discard(id(node))
+    if size > _MAX_CFG_BYTES:
+        msg = "config {} expands (through YAML aliases) past {} MiB; a config is small text"
+        raise PyclsError(msg.format(where, _MAX_CFG_BYTES // 1024**2))
+    sizes[id(node)] = size
+    return size
+
+
+def _load_yaml(text, where):
+    """Parses YAML text safely: no Python objects, no alias bombs, no repeated keys."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _node_size(node, where, "", {}, set())
+        return loader.construct_document(node)
+    except RecursionError:
+        msg = "config {} is nested too deeply; a config is small text"
+        raise PyclsError(msg.format(where)) from None
+    finally:
+        loader.dispose()
+
+
+def _read_cfg_text(path):
+    """Reads a config file as UTF-8 text, refusing folders, huge files and other encodings."""
+    if os.path.isdir(path):
+        raise PyclsError("config {} is a folder, not a file; check --cfg".format(path))
+    if not os.path.isfile(path):
+        what = "is not a regular file" if os.path.exists(path) else "does not exist"
+        raise PyclsError("config file {} {}; check --cfg".format(path, what))
+    try:
+        with open(path, "rb") as f:
+            data = f.read(_MAX_CFG_BYTES + 1)
+    except OSError as e:
+        msg = "cannot read config {} ({}); check --cfg"
+        raise PyclsError(msg.format(path, e.strerror)) from None
+    if len(data) > _MAX_CFG_BYTES:
+        msg = "config {} is larger than {} MiB; a config is small text, check --cfg"
+        raise PyclsError(msg.format(path, _MAX_CFG_BYTES // 1024**2))
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        msg = "config {} is not UTF-8 text (byte 0x{:02x} at offset {}); save it as UTF-8"
+        raise PyclsError(msg.format(path, data[e.start], e.start)) from None
+
+
 def merge_from_file(path):
     """Merges a YAML config file into cfg (a .py config is refused: yacs would run it)."""
     if not path.endswith((".yaml", ".yml")):
         raise PyclsError("config {} is not a .yaml file; only YAML configs load".format(path))
-    if not os.path.isfile(path):
-        raise PyclsError("config file {} does not exist; check --cfg".format(path))
+    text = _read_cfg_text(path)
     try:
-        with open(path) as f:
-            data = yaml.safe_load(f)
+        data = _load_yaml(text, path)
     except yaml.YAMLError as e:
         line = getattr(getattr(e, "problem_mark", None), "line", None)
         at = " at line {}".format(line + 1) if line is not None else ""
@@ -556,10 +651,10 @@ def merge_from_file(path):
 def merge_from_list(opts):
     """Merges trailing KEY VALUE pairs (values parsed as YAML scalars) into cfg."""
     if len(opts) % 2 != 0:
-        raise PyclsError("config overrides must be KEY VALUE pairs; got {}".format(opts))
+        raise PyclsError("config overrides must be KEY VALUE pairs; got {}".format(_excerpt(opts)))
     for key, text in zip(opts[0::2], opts[1::2]):
         try:
-            value = yaml.safe_load(text) if text != "" else ""
+            value = _load_yaml(text, "the command line") if text != "" else ""
         except yaml.YAMLError:
             value = text
         data = text if isinstance(_default_of(key, "the command line"), str) else value
@@ -574,7 +669,7 @@ def assert_cfg():
         value = _get(key)
         if value not in choices:
             msg = "config key {} is {!r}; choose one of {}"
-            raise PyclsError(msg.format(key, value, ", ".join(choices)))
+            raise PyclsError(msg.format(key, _excerpt(value), ", ".join(choices)))
     for key in _POSITIVE:
         if _get(key) <= 0:
             raise PyclsError("config key {} is {}; it must be above 0".format(key, _get(key)))

@@ -37,6 +37,7 @@ def setup_env(rank_id=None, device_id=None):
     device = dist.init(cfg.DEVICE, rank_id=rank_id, device_id=device_id)
     if dist.is_main_proc():
         cp.check_out_dir()
+        cp.lock_out_dir()
         config.dump_cfg()
     logging.setup_logging()
     version = [torch.__version__, torch.version.cuda, getattr(torch.version, "cann", None)]

@@ -1,7 +1,9 @@
 """Image folder dataset in ImageNet layout: DATA_PATH/<split>/<class>/<image>.
 
 Classes are the sorted names of the split's sub-folders; images are the files below them with
-an image extension (any case), hidden files and folders left out. An unreadable image is
+an image extension (any case), hidden files and folders left out. Symbolic links are followed
+wherever they point, each real folder and file once (see scan_images): a link to a folder
+already walked or a file already listed is skipped, and the count is logged. An unreadable image is
 logged once, counted (across DataLoader workers, see BadFiles) and replaced by the next
 readable one, so a few corrupt files do not end a long run.
 """
@@ -9,6 +11,7 @@ readable one, so a few corrupt files do not end a long run.
 import io
 import logging
 import os
+import re
 import warnings
 
 import numpy as np
@@ -60,18 +63,72 @@ def _to_rgb(im):
     return im.convert("RGB")
 
 
+class ImageTooLarge(ValueError):
+    """An image above the decompression-bomb limit (PIL.Image.MAX_IMAGE_PIXELS)."""
+
+
+# Most bytes an image file within the pixel limit needs (16-bit RGBA PNG, 8 bytes a pixel)
+_BYTES_PER_PIXEL = 8
+
+
+def _too_large(pixels):
+    """Returns an ImageTooLarge error for an image of that many pixels."""
+    msg = "image size ({} pixels) exceeds the limit of {} pixels (PIL.Image.MAX_IMAGE_PIXELS)"
+    return ImageTooLarge(msg.format(pixels, Image.MAX_IMAGE_PIXELS))
+
+
+def _jpeg_size(data):
+    """Reads (width, height) from a JPEG's frame header without decoding, or None."""
+    i, n = 2, len(data)
+    while i + 9 < n:
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+        elif marker == 0xD8 or 0xD0 <= marker <= 0xD7 or marker == 0x01:
+            i += 2
+        elif 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            return int.from_bytes(data[i + 7 : i + 9], "big"), int.from_bytes(
+                data[i + 5 : i + 7], "big"
+            )
+        else:
+            i += 2 + int.from_bytes(data[i + 2 : i + 4], "big")
+    return None
+
+
+def _check_pixels(size):
+    """Raises ImageTooLarge when a (width, height) is above PIL.Image.MAX_IMAGE_PIXELS."""
+    limit = Image.MAX_IMAGE_PIXELS
+    if size is not None and limit and size[0] * size[1] > limit:
+        raise _too_large(size[0] * size[1])
+
+
 def _decode_pil(data):
-    """Decodes image bytes with PIL into an RGB uint8 CHW tensor."""
-    with Image.open(io.BytesIO(data)) as im:
-        arr = np.array(_to_rgb(im), dtype=np.uint8)
+    """Decodes image bytes with PIL into an RGB uint8 CHW tensor (bomb limit enforced)."""
+    with warnings.catch_warnings():
+        # PIL only warns between 1x and 2x MAX_IMAGE_PIXELS; refuse those as well
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            with Image.open(io.BytesIO(data)) as im:
+                _check_pixels(im.size)
+                arr = np.array(_to_rgb(im), dtype=np.uint8)
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+            pixels = re.search(r"\((\d+) pixels\)", str(e))
+            raise _too_large(pixels.group(1) if pixels else "?") from None
     return torch.from_numpy(arr).permute(2, 0, 1)
 
 
 def decode_image(data):
-    """Decodes image bytes into an RGB uint8 CHW tensor (libjpeg-turbo for JPEG, else PIL)."""
+    """Decodes image bytes into an RGB uint8 CHW tensor (libjpeg-turbo for JPEG, else PIL).
+
+    Every decoder keeps PIL's decompression-bomb limit (PIL.Image.MAX_IMAGE_PIXELS): a larger
+    image is refused from its header, before any pixel is decoded.
+    """
     if not data:
         raise ValueError("empty file")
     if decode_jpeg is not None and data.startswith(_JPEG_MAGIC):
+        _check_pixels(_jpeg_size(data))
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", DeprecationWarning)
@@ -84,6 +141,10 @@ def decode_image(data):
 def load_image(path):
     """Reads an image file into an RGB uint8 CHW tensor; raises on an unreadable file."""
     with open(path, "rb") as f:
+        size, limit = os.fstat(f.fileno()).st_size, Image.MAX_IMAGE_PIXELS
+        if limit and size > limit * _BYTES_PER_PIXEL:
+            msg = "file of {} MiB is larger than any image within PIL.Image.MAX_IMAGE_PIXELS"
+            raise ImageTooLarge(msg.format(size // 1024**2))
         data = f.read()
     return decode_image(data)
 
@@ -127,16 +188,94 @@ def check_same_classes(data_path, split, other_split):
         raise PyclsError(msg.format(data_path, first, data_path, second, "; ".join(only)))
 
 
-def _find_images(class_path):
-    """Lists the image files (relative paths, sorted) below a class folder, skipping hidden."""
-    found = []
-    for root, dirs, files in os.walk(class_path, followlinks=True):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        rel = os.path.relpath(root, class_path)
-        for name in sorted(files):
-            if not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS):
-                found.append(os.path.normpath(os.path.join(rel, name)))
-    return found
+def _is_image(name):
+    """Tells whether a file name is a (non-hidden) image by its extension."""
+    return not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+class _Scan:
+    """Walks folders so that each real folder is entered once and each real file listed once."""
+
+    def __init__(self, reserved):
+        self.reserved = {os.path.realpath(p) for p in reserved}
+        self.walked = set(self.reserved)
+        self.linked = {}  # real path of a linked file -> (folder, relative path) listing it
+        self.skipped = 0
+
+    def _enter(self, target):
+        """Marks a real folder as walked; tells whether it was new."""
+        if target in self.walked:
+            return False
+        self.walked.add(target)
+        return True
+
+    def images(self, folder):
+        """Returns the image files below a folder (relative paths, in os.walk's order)."""
+        real = os.path.realpath(folder)
+        if real in self.reserved:
+            self.reserved.discard(real)  # each reserved folder is walked once too
+        elif not self._enter(real):
+            self.skipped += 1  # the same folder under another name
+            return []
+        found, stack = [], [("", real)]
+        while stack:
+            rel, real = stack.pop()
+            try:
+                with os.scandir(os.path.join(folder, rel)) as it:
+                    entries = sorted(it, key=lambda e: e.name)
+            except OSError:
+                continue  # an unreadable folder lists nothing, as with os.walk
+            dirs = []
+            for entry in entries:
+                if entry.name.startswith("."):
+                    continue
+                path = os.path.join(rel, entry.name)
+                if entry.is_symlink():
+                    target = os.path.realpath(entry.path)
+                    if os.path.isdir(target):
+                        if self._enter(target):
+                            dirs.append((path, target))
+                        else:  # a link to itself, a parent or a folder already walked
+                            self.skipped += 1
+                    elif not os.path.isfile(target):
+                        self.skipped += 1  # a broken link
+                    elif _is_image(entry.name):
+                        if target in self.linked:
+                            self.skipped += 1
+                        else:
+                            self.linked[target] = (folder, path)
+                            found.append(path)
+                elif entry.is_dir(follow_symlinks=False):
+                    if self._enter(os.path.join(real, entry.name)):
+                        dirs.append((path, os.path.join(real, entry.name)))
+                elif _is_image(entry.name):
+                    found.append(path)
+            stack.extend(reversed(dirs))
+        return found
+
+    def duplicates(self):
+        """Returns the (folder, path) listings of linked files that are listed as plain files."""
+        return {
+            listing
+            for target, listing in self.linked.items()
+            if os.path.dirname(target) in self.walked and _is_image(os.path.basename(target))
+        }
+
+
+def scan_images(folders, reserved=()):
+    """Lists the image files below each folder; returns (relative paths per folder, links skipped).
+
+    Hidden files and folders are left out. Symbolic links are followed wherever they point, but
+    each real folder is entered once and each real file listed once: a link to a folder already
+    walked (itself, a parent, a `reserved` folder such as another class) or to a file already
+    listed, and a broken link, are skipped and counted, so a scan always ends.
+    """
+    scan = _Scan(reserved)
+    lists = [scan.images(folder) for folder in folders]
+    dups = scan.duplicates()
+    if dups:
+        lists = [[p for p in found if (f, p) not in dups] for f, found in zip(folders, lists)]
+    return lists, scan.skipped + len(dups)
 
 
 class BadFiles:
@@ -179,8 +318,12 @@ class ImageNet(torch.utils.data.Dataset):
         self.classes = find_classes(self.root)
         self.transform = transform
         paths, labels, empty = [], [], []
-        for label, name in enumerate(self.classes):
-            found = _find_images(os.path.join(self.root, name))
+        folders = [os.path.join(self.root, name) for name in self.classes]
+        lists, skipped = scan_images(folders, reserved=folders)
+        if skipped:
+            msg = "%s: skipped %d links to files or folders already listed (or to nothing)"
+            logger.warning(msg, self.root, skipped)
+        for label, (name, found) in enumerate(zip(self.classes, lists)):
             empty += [] if found else [name]
             paths += [os.path.join(name, p) for p in found]
             labels += [label] * len(found)
