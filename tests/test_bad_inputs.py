@@ -556,6 +556,7 @@ ROWS = [
         r"error: this code needs torch >= 2\.3, torchvision >= 0\.18; found torch 2\.0\.1, "
         r"torchvision \S+: pip install -r requirements\.txt \(or a CANN release's torch and "
         r"torch_npu >= 2\.3 on Ascend\)",
+    ),
     # ------------------- round two: links, shared OUT_DIR, hostile files -------------------- #
     row(
         "data_only_loop_links",
