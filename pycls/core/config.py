@@ -520,8 +520,10 @@ def _coerce(key, value, where):
     if isinstance(default, (list, tuple)) and isinstance(value, (list, tuple)):
         return list(value)
     if type(value) is not type(default):
-        msg = "config key {} in {} takes a {} (like {!r}), not {!r}"
-        raise PyclsError(msg.format(key, where, type(default).__name__, default, _excerpt(value)))
+        msg = "config key {} in {} takes a {} (like {!r}), not {}"
+        raise PyclsError(
+            msg.format(key, where, type(default).__name__, default, _excerpt(repr(value)))
+        )
     return value
 
 
@@ -530,8 +532,8 @@ def _merge_dict(data, where):
     if data is None:
         return
     if not isinstance(data, dict):
-        msg = "{} must hold a mapping of config keys, not {!r}"
-        raise PyclsError(msg.format(where, _excerpt(data)))
+        msg = "{} must hold a mapping of config keys, not {}"
+        raise PyclsError(msg.format(where, _excerpt(repr(data))))
     _set_values(_C, {k: _coerce(k, v, where) for k, v in data.items()})
 
 
@@ -555,7 +557,7 @@ _MAX_EXCERPT = 60
 
 
 def _excerpt(value):
-    """Returns repr(value) cut to a short excerpt for an error line."""
+    """Returns a string (or the repr of another value) cut to a short excerpt for an error line."""
     text = repr(value) if not isinstance(value, str) else value
     return text if len(text) <= _MAX_EXCERPT else text[: _MAX_EXCERPT - 3] + "..."
 
@@ -668,8 +670,8 @@ def assert_cfg():
     for key, choices in _CHOICES.items():
         value = _get(key)
         if value not in choices:
-            msg = "config key {} is {!r}; choose one of {}"
-            raise PyclsError(msg.format(key, _excerpt(value), ", ".join(choices)))
+            msg = "config key {} is {}; choose one of {}"
+            raise PyclsError(msg.format(key, _excerpt(repr(value)), ", ".join(choices)))
     for key in _POSITIVE:
         if _get(key) <= 0:
             raise PyclsError("config key {} is {}; it must be above 0".format(key, _get(key)))

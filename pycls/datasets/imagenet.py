@@ -3,9 +3,10 @@
 Classes are the sorted names of the split's sub-folders; images are the files below them with
 an image extension (any case), hidden files and folders left out. Symbolic links are followed
 wherever they point, each real folder and file once (see scan_images): a link to a folder
-already walked or a file already listed is skipped, and the count is logged. An unreadable image is
-logged once, counted (across DataLoader workers, see BadFiles) and replaced by the next
-readable one, so a few corrupt files do not end a long run.
+already walked or to a file already listed is skipped, and the count is logged. An image above
+PIL.Image.MAX_IMAGE_PIXELS is refused by every decoder. An unreadable image is logged once,
+counted (across DataLoader workers, see BadFiles) and replaced by the next readable one, so a
+few corrupt files do not end a long run.
 """
 
 import io
@@ -88,10 +89,10 @@ def _jpeg_size(data):
             i += 1
         elif marker == 0xD8 or 0xD0 <= marker <= 0xD7 or marker == 0x01:
             i += 2
-        elif 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
-            return int.from_bytes(data[i + 7 : i + 9], "big"), int.from_bytes(
-                data[i + 5 : i + 7], "big"
-            )
+        elif 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # frame header
+            height = int.from_bytes(data[i + 5 : i + 7], "big")
+            width = int.from_bytes(data[i + 7 : i + 9], "big")
+            return width, height
         else:
             i += 2 + int.from_bytes(data[i + 2 : i + 4], "big")
     return None
@@ -127,8 +128,9 @@ def decode_image(data):
     """
     if not data:
         raise ValueError("empty file")
-    if decode_jpeg is not None and data.startswith(_JPEG_MAGIC):
-        _check_pixels(_jpeg_size(data))
+    size = _jpeg_size(data) if data.startswith(_JPEG_MAGIC) else None
+    if decode_jpeg is not None and size is not None:  # else PIL, which checks as it opens
+        _check_pixels(size)
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", DeprecationWarning)
