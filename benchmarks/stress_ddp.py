@@ -2,7 +2,8 @@
 """Runs N two-process train + eval jobs in a row through the 8p launchers; counts hangs.
 
     python benchmarks/stress_ddp.py [--runs 40] [--limit 300] [--epochs 2] [--workers 2]
-        [--data_path DIR] [--cfg FILE] [--work DIR] [--repo DIR] [KEY VALUE ...]
+        [--data_path DIR] [--cfg FILE] [--work DIR] [--keep] [--output_id ID] [--until S]
+        [KEY VALUE ...]
 
 Each job is `RANK_SIZE=2 bash test/train_full_8p.sh --device=cpu` (a tiny EfficientNet on
 the digits demo data, DATA_LOADER.NUM_WORKERS loader workers per rank), then
@@ -37,6 +38,9 @@ TINY_EN = [
 
 # test/output/<id>/ of the launchers' logs during a stress run (removed after each job)
 OUTPUT_ID = "95"
+
+# Variables of an enclosing launch that must not reach the jobs
+_LAUNCH_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
 def _free_port():
@@ -136,7 +140,7 @@ def run_job(i, args, env, work):
     for name, cmd in (("train", train), ("eval", evaluate)):
         log = os.path.join(job_dir, name + ".log")
         status = run_launcher(cmd, job_env, args.limit, log, log[:-4] + ".stacks.txt")
-        shutil.rmtree(os.path.join(REPO, "test", "output", OUTPUT_ID), ignore_errors=True)
+        shutil.rmtree(os.path.join(REPO, "test", "output", args.output_id), ignore_errors=True)
         if status != "finished":
             return status, time.time() - start, log
     if not args.keep:
@@ -154,6 +158,8 @@ def main():
     parser.add_argument("--cfg", help="config file (default: the launchers' EN-B3 made tiny)")
     parser.add_argument("--work", help="folder for logs and outputs (default: a temp dir)")
     parser.add_argument("--keep", action="store_true", help="keep the outputs of finished jobs")
+    parser.add_argument("--output_id", default=OUTPUT_ID, help="test/output/<id> of the logs")
+    parser.add_argument("--until", type=float, default=0, help="start no job after S seconds")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE pairs for both runs")
     args = parser.parse_args()
     work = args.work or tempfile.mkdtemp(prefix="stress_ddp_")
@@ -162,11 +168,15 @@ def main():
         args.data_path = os.path.join(work, "digits")
         tool = os.path.join(REPO, "tools", "make_demo_data.py")
         subprocess.run([sys.executable, tool, args.data_path, "--size", "16"], check=True)
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE")}
-    env.update(RANK_SIZE="2", ASCEND_DEVICE_ID=OUTPUT_ID, PYTHON=sys.executable)
+    env = {k: v for k, v in os.environ.items() if k not in _LAUNCH_VARS}
+    env.update(RANK_SIZE="2", ASCEND_DEVICE_ID=args.output_id, PYTHON=sys.executable)
     counts = {"finished": 0, "failed": 0, "hung": 0}
     print("work folder: {}".format(work), flush=True)
+    start = time.time()
     for i in range(args.runs):
+        if args.until and time.time() - start > args.until:
+            args.runs = i
+            break
         status, seconds, log = run_job(i, args, env, work)
         counts[status] += 1
         where = "" if log is None else " (see {})".format(log)

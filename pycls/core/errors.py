@@ -58,9 +58,12 @@ def _timed_out(error):
     """Describes in one line a wait for other processes that ran past DIST.TIMEOUT, else ''."""
     if not isinstance(error, RuntimeError) or not _TIMED_OUT.search(str(error)):
         return ""
+    config = sys.modules.get("pycls.core.config")
     found = _WAITED.search(str(error))
     waited = "longer than DIST.TIMEOUT"
-    if found:
+    if config is not None:  # torch's text gives the time it took, which can round up
+        waited = "{} s".format(config.cfg.DIST.TIMEOUT)
+    elif found:
         seconds = int(found.group(1)) / (1000.0 if found.group(2) == "ms" else 1.0)
         waited = "{:g} s".format(seconds)
     dist = sys.modules.get("torch.distributed")
