@@ -95,7 +95,7 @@ def init(device_name="auto", rank_id=None, device_id=None):
     return device
 
 
-def _restart_store(world_size, timeout):
+def _restart_store(world_size, timeout=None):
     """Returns the store of a torchrun restart: the launcher's, with keys of this attempt only.
 
     torchrun keeps its store across restarts; without a prefix the restarted ranks would read
@@ -105,7 +105,8 @@ def _restart_store(world_size, timeout):
     if restart == "0" or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
         return None
     addr, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
-    client = dist.TCPStore(addr, port, world_size, is_master=False, timeout=timeout)
+    kwargs = {"is_master": False} if timeout is None else {"is_master": False, "timeout": timeout}
+    client = dist.TCPStore(addr, port, world_size, **kwargs)
     return dist.PrefixStore("pycls_restart_{}".format(restart), client)
 
 
