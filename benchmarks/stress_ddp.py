@@ -84,6 +84,8 @@ def _dump_stacks(pids, path):
             f.write("py-spy is not installed (pip install py-spy); no stacks\n")
             return
         for pid in pids:
+            if not _is_python(pid):
+                continue
             f.write("=== pid {}\n".format(pid))
             f.flush()
             cmd = [spy, "dump", "--pid", str(pid)]
@@ -91,6 +93,15 @@ def _dump_stacks(pids, path):
                 subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, timeout=30)
             except subprocess.TimeoutExpired:
                 f.write("py-spy timed out\n")
+
+
+def _is_python(pid):
+    """Tells whether a process runs python (bash and tee have no Python stacks to dump)."""
+    try:
+        with open("/proc/{}/cmdline".format(pid), "rb") as f:
+            return b"python" in f.read().split(b"\0")[0]
+    except OSError:
+        return False
 
 
 def _kill_all(pids):
