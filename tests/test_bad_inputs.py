@@ -694,6 +694,35 @@ ROWS = [
         ),
         r"error: --out {} is a folder; give the ONNX file to write, like {}".format(P, P),
     ),
+    row(
+        "mp_context_unknown",
+        "`DATA_LOADER.MP_CONTEXT thread`",
+        train("DATA_LOADER.MP_CONTEXT", "thread"),
+        r"error: config key DATA_LOADER.MP_CONTEXT is 'thread'; choose one of auto, "
+        r"forkserver, spawn, fork",
+    ),
+    row(
+        "loader_timeout_negative",
+        "`DATA_LOADER.TIMEOUT -1`",
+        train("DATA_LOADER.TIMEOUT", "-1"),
+        r"error: config key DATA_LOADER.TIMEOUT is -1; give seconds above 0 \(0 waits forever\)",
+    ),
+    row(
+        "dist_timeout_zero",
+        "`DIST.TIMEOUT 0`",
+        train("DIST.TIMEOUT", "0"),
+        r"error: config key DIST.TIMEOUT is 0; it must be above 0",
+    ),
+    row(
+        "rendezvous_timeout",
+        "rank 0 of 2 started alone (the other never joins), `DIST.TIMEOUT 2`",
+        train("DIST.TIMEOUT", "2", env={"RANK": "0", "WORLD_SIZE": "2", "MASTER_PORT": "0"}),
+        r"error: rank 0 waited 2 s for the other processes to join the process group \(.*\); "
+        r"start every rank with the same MASTER_ADDR, MASTER_PORT and WORLD_SIZE, or raise "
+        r"DIST.TIMEOUT",
+        code=1,
+        slow=True,
+    ),
 ]
 
 

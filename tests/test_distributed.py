@@ -1,5 +1,6 @@
 """Tests of pycls.core.distributed: process placement, and real 2-process gloo training on CPU."""
 
+import datetime
 import os
 import socket
 import subprocess
@@ -108,7 +109,9 @@ def test_init_defaults_rendezvous(clean_env, monkeypatch):
     monkeypatch.setattr(du.dist, "init_process_group", lambda *a, **k: calls.append((a, k)))
     monkeypatch.setenv("RANK_SIZE", "4")
     du.init("cpu", rank_id=2)
-    assert calls == [(("gloo",), {"init_method": "env://", "rank": 2, "world_size": 4})]
+    timeout = datetime.timedelta(seconds=1800)  # DIST.TIMEOUT's default
+    kwargs = {"init_method": "env://", "rank": 2, "world_size": 4, "timeout": timeout}
+    assert calls == [(("gloo",), kwargs)]
     assert (os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"]) == ("127.0.0.1", "29688")
 
 
@@ -167,3 +170,40 @@ def test_two_process_gloo(tmp_path, mode):
     for w0, w1, expected in zip(results[0]["weights"], results[1]["weights"], expected_weights()):
         assert torch.equal(w0, w1)
         torch.testing.assert_close(w0, expected)
+
+
+# One rank of a 2-process job where rank 1 stalls: rank 0 waits DIST.TIMEOUT in an all_reduce
+STALLED_PEER = """
+import sys, time
+import torch
+from pycls.core import distributed as du
+from pycls.core.config import cfg
+from pycls.core.errors import run_cli
+
+def main():
+    cfg.DIST.TIMEOUT = 2
+    du.init("cpu")
+    if du.get_rank() == 1:
+        time.sleep(30)
+    du.scaled_all_reduce([torch.ones(2)])
+
+run_cli(main)
+"""
+
+
+def test_a_stalled_peer_ends_in_one_line_naming_the_rank_and_the_wait(tmp_path):
+    base = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARS}
+    base.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), OMP_NUM_THREADS="1")
+    base["PYTHONPATH"] = os.pathsep.join([REPO, base.get("PYTHONPATH", "")])
+    procs = []
+    for rank in range(2):
+        env = dict(base, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2")
+        cmd = [sys.executable, "-c", STALLED_PEER]
+        procs.append(subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True))
+    err0 = procs[0].communicate(timeout=120)[1]
+    procs[1].kill()
+    procs[1].communicate()
+    assert procs[0].returncode == 1, err0
+    line = err0.strip().splitlines()[-1]
+    assert line.startswith("error: rank 0 waited 2 s for another process in a collective"), err0
+    assert line.endswith("if it is only slow, raise DIST.TIMEOUT") and "Traceback" not in err0

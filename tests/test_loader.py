@@ -1,7 +1,12 @@
 """Loaders: batches, samplers, batch division, workers, seeding, bad files, synthetic data."""
 
 import logging
+import multiprocessing
 import os
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
@@ -293,3 +298,90 @@ def test_solid_red_image_arrives_in_the_configured_channel_order(tmp_path, order
         images = next(iter(build(device="cpu")))[0]
         torch.testing.assert_close(images[:, 0], torch.full_like(images[:, 0], first))
         torch.testing.assert_close(images[:, 2], torch.full_like(images[:, 2], last))
+
+
+class _Stalling(torch.utils.data.Dataset):
+    """A data set whose worker stalls (sleeps) or dies (SIGKILL) at its first item."""
+
+    def __init__(self, how):
+        self.how = how
+
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, index):
+        if self.how == "die":
+            os.kill(os.getpid(), signal.SIGKILL)
+        time.sleep(5)
+        return torch.zeros(1)
+
+
+def _stalling_loader(how):
+    """A test loader with one worker over _Stalling(how), waiting at most 1 s for a batch."""
+    kwargs = {"batch_size": 2, "num_workers": 1, "timeout": 1}
+    context = loader.mp_context()
+    return loader.Loader(
+        _Stalling(how), 0, 0.0, "test", 3, multiprocessing_context=context, **kwargs
+    )
+
+
+def test_workers_start_in_a_fresh_process_not_a_fork_of_the_rank(data):
+    cfg.DATA_LOADER.NUM_WORKERS = 2
+    dl = loader.construct_train_loader(device="cpu")
+    safe = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+    assert dl.multiprocessing_context.get_start_method() == safe
+    assert dl.timeout == cfg.DATA_LOADER.TIMEOUT == 600
+    it = iter(dl)
+    next(it)
+    for worker in dl._iterator._workers:
+        with open("/proc/{}/stat".format(worker.pid)) as f:
+            parent = int(f.read().rsplit(")", 1)[1].split()[1])
+        # A forkserver's child has the server as parent; a forked worker would have us
+        assert (parent != os.getpid()) == (safe == "forkserver")
+    del it
+    cfg.DATA_LOADER.MP_CONTEXT = "fork"
+    dl = loader.construct_train_loader(device="cpu")
+    assert dl.multiprocessing_context.get_start_method() == "fork"
+    cfg.DATA_LOADER.NUM_WORKERS = 0
+    dl = loader.construct_test_loader(device="cpu")
+    assert dl.multiprocessing_context is None and dl.timeout == 0
+
+
+def test_a_stalled_worker_ends_in_one_line_naming_rank_and_loader():
+    msg = _error_of(lambda: next(iter(_stalling_loader("sleep"))))
+    assert msg.startswith("rank 3 waited 1 s for a batch from the test loader's workers; ")
+    assert "raise DATA_LOADER.TIMEOUT" in msg
+
+
+def test_a_killed_worker_ends_in_one_line():
+    msg = _error_of(lambda: next(iter(_stalling_loader("die"))))
+    assert msg.startswith("rank 3 lost one of the test loader's workers: worker (pid(s) ")
+    assert "lower DATA_LOADER.NUM_WORKERS" in msg
+
+
+# A process that starts a train loader's 2 workers, prints their pids and waits
+_RANK_WITH_WORKERS = """
+import sys, time
+from pycls.core.config import cfg
+from pycls.datasets import loader
+cfg.TRAIN.DATASET, cfg.DATA_LOADER.DATA_PATH = "imagenet", sys.argv[1]
+cfg.DATA_LOADER.NUM_WORKERS, cfg.MODEL.NUM_CLASSES = 2, 2
+cfg.TRAIN.IM_SIZE, cfg.TRAIN.BATCH_SIZE = 8, 4
+dl = loader.construct_train_loader(device="cpu")
+next(iter(dl))
+print(" ".join(str(w.pid) for w in dl._iterator._workers), flush=True)
+time.sleep(600)
+"""
+
+
+def test_workers_end_when_their_rank_is_killed(data):
+    cmd = [sys.executable, "-c", _RANK_WITH_WORKERS, str(data)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    pids = [int(p) for p in proc.stdout.readline().split()]
+    assert len(pids) == 2
+    proc.kill()  # SIGKILL: no clean-up runs in the rank
+    proc.wait()
+    deadline = time.time() + 60  # a bound on "ever", not a speed figure
+    while any(loader._is_alive(p) for p in pids) and time.time() < deadline:
+        time.sleep(0.2)
+    assert not any(loader._is_alive(p) for p in pids)

@@ -344,6 +344,21 @@ _C.DATA_LOADER.MAX_BAD_FRACTION = 0.01
 # Epoch length of TRAIN/TEST.DATASET synthetic (0: ImageNet's 1281167 train / 50000 val)
 _C.DATA_LOADER.SYNTHETIC_LENGTH = 0
 
+# How loader workers start: auto (forkserver where it exists, else spawn), forkserver,
+# spawn or fork. fork is unsafe once the process has threads (it can deadlock a worker)
+_C.DATA_LOADER.MP_CONTEXT = "auto"
+
+# Seconds a process waits for a batch from its loader workers before it stops with an
+# error (0: wait forever; not used with NUM_WORKERS 0)
+_C.DATA_LOADER.TIMEOUT = 600
+
+# --------------------------------- Distributed options ------------------------------ #
+_C.DIST = CfgNode()
+
+# Seconds a process waits for the others in the process group's rendezvous and in each
+# collective (all_reduce, barrier, DDP's gradient sync) before it stops with an error
+_C.DIST.TIMEOUT = 1800
+
 
 # ---------------------------------- Input options ----------------------------------- #
 _C.INPUT = CfgNode()
@@ -452,6 +467,7 @@ _CHOICES = {
     "TEST.SPLIT": ["train", "val"],
     "LOG_DEST": ["stdout", "file"],
     "INPUT.CHANNEL_ORDER": ["bgr", "rgb"],
+    "DATA_LOADER.MP_CONTEXT": ["auto", "forkserver", "spawn", "fork"],
 }
 
 # Keys that must hold a number above zero
@@ -467,6 +483,7 @@ _POSITIVE = [
     "TRAIN.EVAL_PERIOD",
     "TRAIN.CHECKPOINT_PERIOD",
     "BN.NUM_SAMPLES_PRECISE",
+    "DIST.TIMEOUT",
 ]
 
 
@@ -696,6 +713,9 @@ def assert_cfg():
         raise PyclsError("config key TRAIN.HFLIP is a probability: give a value from 0 to 1")
     if not 0.0 <= _C.DATA_LOADER.MAX_BAD_FRACTION <= 1.0:
         raise PyclsError("config key DATA_LOADER.MAX_BAD_FRACTION must be between 0 and 1")
+    if _C.DATA_LOADER.TIMEOUT < 0:
+        msg = "config key DATA_LOADER.TIMEOUT is {}; give seconds above 0 (0 waits forever)"
+        raise PyclsError(msg.format(_C.DATA_LOADER.TIMEOUT))
 
 
 def _get(key):

@@ -11,6 +11,7 @@ started by torchrun stops when torchrun itself dies (kill -9), so a rerun never 
 orphaned ranks still training into the same OUT_DIR.
 """
 
+import datetime
 import os
 import signal
 import sys
@@ -22,6 +23,7 @@ import torch
 import torch.distributed as dist
 
 from pycls.core import device as dev
+from pycls.core.config import cfg
 from pycls.core.errors import LOST_PEER, PyclsError, run_cli, write_stderr_line
 
 # Rendezvous defaults for seed-style launches (torchrun always sets both)
@@ -81,15 +83,19 @@ def init(device_name="auto", rank_id=None, device_id=None):
         os.environ.setdefault("MASTER_ADDR", _MASTER_ADDR)
         os.environ.setdefault("MASTER_PORT", _MASTER_PORT)
         backend = dev.dist_backend(device)
-        store = _restart_store(world_size)
+        # Bounds the rendezvous and every collective: a stalled peer ends in an error
+        # (converted to one line by errors.run_cli) instead of a wait without end
+        timeout = datetime.timedelta(seconds=cfg.DIST.TIMEOUT)
+        store = _restart_store(world_size, timeout)
+        kwargs = {"rank": rank, "world_size": world_size, "timeout": timeout}
         if store is None:
-            dist.init_process_group(backend, init_method="env://", rank=rank, world_size=world_size)
+            dist.init_process_group(backend, init_method="env://", **kwargs)
         else:
-            dist.init_process_group(backend, store=store, rank=rank, world_size=world_size)
+            dist.init_process_group(backend, store=store, **kwargs)
     return device
 
 
-def _restart_store(world_size):
+def _restart_store(world_size, timeout=None):
     """Returns the store of a torchrun restart: the launcher's, with keys of this attempt only.
 
     torchrun keeps its store across restarts; without a prefix the restarted ranks would read
@@ -99,7 +105,8 @@ def _restart_store(world_size):
     if restart == "0" or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
         return None
     addr, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
-    client = dist.TCPStore(addr, port, world_size, is_master=False)
+    kwargs = {"is_master": False} if timeout is None else {"is_master": False, "timeout": timeout}
+    client = dist.TCPStore(addr, port, world_size, **kwargs)
     return dist.PrefixStore("pycls_restart_{}".format(restart), client)
 
 

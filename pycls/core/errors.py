@@ -18,6 +18,12 @@ LOST_PEER = "lost contact with another process of the job"
 # Signs, in an error's text, that another process of a distributed job went away
 _PEER_LOST = ("Connection reset by peer", "Connection closed by peer", "Broken pipe")
 
+# Signs, in an error's text, that a wait for other processes ran past its timeout
+_TIMED_OUT = re.compile(r"timed out|timeout", re.IGNORECASE)
+
+# The wait's length in such a text ("waiting 1800000ms", "after 1800 seconds")
+_WAITED = re.compile(r"(\d+)\s*(ms|s|sec|seconds)\b")
+
 
 class PyclsError(Exception):
     """An error the user can fix (bad path, config, data, checkpoint, device)."""
@@ -44,10 +50,38 @@ def run_cli(main):
     except KeyboardInterrupt:
         _fail("error: interrupted", 130)
     except Exception as e:
+        line = _timed_out(e)
+        if line:
+            _fail(line, 1)
         if not _lost_peer(e):
             raise
         msg = "error: rank {} {} ({}); the job's first failure says why"
         _fail(msg.format(_rank(), LOST_PEER, _first_line(e)), 1)
+
+
+def _timed_out(error):
+    """Describes in one line a wait for other processes that ran past DIST.TIMEOUT, else ''."""
+    if not isinstance(error, RuntimeError) or not _TIMED_OUT.search(str(error)):
+        return ""
+    config = sys.modules.get("pycls.core.config")
+    found = _WAITED.search(str(error))
+    waited = "longer than DIST.TIMEOUT"
+    if config is not None:  # torch's text gives the time it took, which can round up
+        waited = "{} s".format(config.cfg.DIST.TIMEOUT)
+    elif found:
+        seconds = int(found.group(1)) / (1000.0 if found.group(2) == "ms" else 1.0)
+        waited = "{:g} s".format(seconds)
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        what = "another process in a collective (all_reduce, barrier or DDP's gradient sync)"
+        fix = "another rank is stuck or failed (its own line says why); if it is only slow, "
+        fix += "raise DIST.TIMEOUT"
+    else:
+        what = "the other processes to join the process group"
+        fix = "start every rank with the same MASTER_ADDR, MASTER_PORT and WORLD_SIZE, "
+        fix += "or raise DIST.TIMEOUT"
+    msg = "error: rank {} waited {} for {} ({}); {}"
+    return msg.format(_rank(), waited, what, _first_line(error).rstrip("."), fix)
 
 
 def _lost_peer(error):

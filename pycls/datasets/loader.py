@@ -7,11 +7,21 @@ from a private RNG stream seeded from that Generator, leaving the global RNG to 
 Persistent workers outlive an epoch, so shuffle also hands them a per-epoch seed (through
 shared memory, read by the train transform): epoch e's augmentations are the same whether
 the process ran epochs 0..e-1 before or resumed at e.
+
+Workers: every loader starts its workers with one multiprocessing context (DATA_LOADER.MP_CONTEXT,
+forkserver by default): a rank has threads (gloo, the workers' queue feeders, torch's own), and
+a worker forked from a threaded process can deadlock before it runs a line. A wait for a batch
+is bounded by DATA_LOADER.TIMEOUT and ends in one line naming the rank and the loader.
 """
 
 import logging
+import multiprocessing
 import os
 import random
+import select
+import sys
+import threading
+import time
 
 import numpy as np
 import torch
@@ -37,12 +47,23 @@ _EPOCH_SEED_STRIDE = 1 << 20
 _SAMPLER_STREAM, _WORKERS_STREAM = 1, 2
 
 
+# Start methods DATA_LOADER.MP_CONTEXT auto picks from, the first one this platform has
+_SAFE_START_METHODS = ("forkserver", "spawn")
+
+# Modules the forkserver imports once, so that each worker it forks starts with them
+_FORKSERVER_PRELOAD = ["__main__", "pycls.datasets.loader"]
+
+# Seconds between a worker's checks that its rank is alive (where pidfd_open is missing)
+_RANK_POLL_S = 1.0
+
+
 class EpochSeeded:
     """Wraps a transform; in a worker it reseeds the RNGs when shuffle starts a new epoch."""
 
     def __init__(self, transform):
         self.transform = transform
-        # The epoch's seed, -1 until shuffle sets one; shared with the (forked) workers
+        # The epoch's seed, -1 until shuffle sets one; shared with the workers (pickled as
+        # shared memory, so a later set_epoch_seed reaches workers that are already running)
         self.epoch_seed = torch.full((1,), -1, dtype=torch.int64).share_memory_()
         self._seeded = -1
 
@@ -65,10 +86,12 @@ class EpochSeeded:
 class Loader(DataLoader):
     """A DataLoader that stops the run when too many of an epoch's images are unreadable."""
 
-    def __init__(self, dataset, seed, max_bad_fraction, **kwargs):
+    def __init__(self, dataset, seed, max_bad_fraction, name="data", rank=0, **kwargs):
         super().__init__(dataset, **kwargs)
         self.seed = seed
         self.max_bad_fraction = max_bad_fraction
+        self.name = name
+        self.rank = rank
         transform = getattr(dataset, "transform", None)
         self.epoch_seeded = transform if isinstance(transform, EpochSeeded) else None
 
@@ -98,6 +121,30 @@ class Loader(DataLoader):
             # cycle that would keep the workers alive until the GC finds it.
             e.__traceback__ = None
             raise PyclsError(str(e).strip().splitlines()[-1].split("PyclsError: ")[-1]) from None
+        except RuntimeError as e:
+            error = _worker_failure(e, self)
+            if error is None:
+                raise
+            e.__traceback__ = None
+            raise error from None
+
+
+def _worker_failure(error, data_loader):
+    """Turns DataLoader's error for a stalled or dead worker into a PyclsError (else None)."""
+    text = str(error)
+    where = "rank {} ".format(data_loader.rank)
+    what = "the {} loader's workers".format(data_loader.name)
+    if text.startswith("DataLoader timed out"):
+        msg = "{}waited {} s for a batch from {}; a worker is stuck or too slow (check the "
+        msg += "data storage), raise DATA_LOADER.TIMEOUT (0 waits forever) or lower "
+        msg += "DATA_LOADER.NUM_WORKERS"
+        return PyclsError(msg.format(where, data_loader.timeout, what))
+    if "exited unexpectedly" in text and text.startswith("DataLoader worker"):
+        detail = text.split(". ")[0].replace("DataLoader worker", "worker")
+        msg = "{}lost one of {}: {}; a killed worker is often out of memory, so lower "
+        msg += "DATA_LOADER.NUM_WORKERS or TRAIN/TEST.BATCH_SIZE"
+        return PyclsError(msg.format(where, what, detail))
+    return None
 
 
 def _with_private_rng(batches, seed):
@@ -129,11 +176,80 @@ def _stream_seed(epoch_seed, stream):
     return int(np.random.SeedSequence([epoch_seed, stream]).generate_state(1)[0])
 
 
-def _worker_init_fn(worker_id):
-    """Seeds python's and numpy's RNGs of a worker from its torch seed (base seed + id)."""
-    seed = torch.initial_seed()
-    random.seed(seed)
-    np.random.seed(seed % (1 << 32))
+def mp_context():
+    """Returns the multiprocessing context every loader starts its workers with."""
+    method = cfg.DATA_LOADER.MP_CONTEXT
+    available = multiprocessing.get_all_start_methods()
+    if method == "auto":
+        method = next(m for m in _SAFE_START_METHODS if m in available)
+    if method not in available:
+        msg = "DATA_LOADER.MP_CONTEXT {} does not exist on this platform; choose one of {}"
+        raise PyclsError(msg.format(method, ", ".join(["auto"] + available)))
+    context = multiprocessing.get_context(method)
+    if method == "forkserver":
+        context.set_forkserver_preload(_FORKSERVER_PRELOAD)
+    return context
+
+
+class _WorkerInit:
+    """Starts a loader worker: seeds python's and numpy's RNGs from its torch seed (base
+    seed + id), ends it when its rank dies and, in a worker that did not inherit it, logs
+    where its process logs."""
+
+    def __init__(self):
+        self.rank_pid = os.getpid()
+        handlers = logging.getLogger().handlers
+        handler = handlers[0] if handlers else None
+        self.log_file = getattr(handler, "baseFilename", None)
+        self.log_stdout = getattr(handler, "stream", None) is sys.stdout
+        formatter = getattr(handler, "formatter", None)
+        self.log_format = getattr(formatter, "_fmt", None)
+
+    def __call__(self, worker_id):
+        seed = torch.initial_seed()
+        random.seed(seed)
+        np.random.seed(seed % (1 << 32))
+        if os.getppid() != self.rank_pid:
+            # A forkserver's child: torch's worker watchdog watches the parent (the server,
+            # which outlives the rank), so a killed rank would leave its workers running
+            threading.Thread(target=_exit_with, args=(self.rank_pid,), daemon=True).start()
+        if self.log_format is None or logging.getLogger().handlers:
+            return
+        if self.log_file:
+            handler = logging.FileHandler(self.log_file)
+        else:
+            handler = logging.StreamHandler(sys.stdout if self.log_stdout else sys.stderr)
+        handler.setFormatter(logging.Formatter(self.log_format))
+        logging.basicConfig(level=logging.WARNING, handlers=[handler])
+
+
+def _exit_with(pid):
+    """Ends this process (a loader worker) once the process pid has ended."""
+    try:
+        fd = os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        fd = None
+    if fd is not None:
+        select.select([fd], [], [])  # readable once the process has ended (even unreaped)
+    else:
+        while _is_alive(pid):
+            time.sleep(_RANK_POLL_S)
+    os._exit(1)
+
+
+def _is_alive(pid):
+    """Tells whether a process exists (a zombie, ended but not yet reaped, counts as gone)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open("/proc/{}/stat".format(pid)) as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return True
 
 
 def _rank_and_world_size(rank, world_size):
@@ -245,13 +361,17 @@ def _construct_loader(train, device, rank, world_size):
         dataset,
         seed,
         cfg.DATA_LOADER.MAX_BAD_FRACTION,
+        name="train" if train else "test",
+        rank=rank,
         batch_size=batch_size,
         sampler=sampler,
         num_workers=num_workers,
         pin_memory=cfg.DATA_LOADER.PIN_MEMORY and _has_accelerator(device),
         drop_last=train,
         persistent_workers=num_workers > 0,
-        worker_init_fn=_worker_init_fn,
+        worker_init_fn=_WorkerInit(),
+        multiprocessing_context=mp_context() if num_workers > 0 else None,
+        timeout=cfg.DATA_LOADER.TIMEOUT if num_workers > 0 else 0,
         generator=torch.Generator().manual_seed(seed),
     )
     if len(data_loader) == 0:  # drop_last with fewer images than one batch
