@@ -164,7 +164,7 @@ def block_lines(result):
         "Final Performance images/sec : {}".format(MISSING if fps is None else "%.2f" % fps),
         "Final Train Accuracy : {}".format(result["train_accuracy"]),
         "E2E Training Duration sec : {}".format(result["e2e"]),
-        "Case : {} ({})".format(result["case"], result["case_name"]),
+        "Case : {}".format(result["case"]),
         "Test Accuracy top1 : {}".format(result["test_top1"]),
         "Test Accuracy top5 : {}".format(result["test_top5"]),
     ]
@@ -263,7 +263,8 @@ def main():
     result, note = run_result(args.log, args.case, args.e2e, args.out_dir)
     lines = ([note] if note else []) + block_lines(result)
     if args.summary_dir:
-        lines.append("ModelZoo summary : {}".format(write_summary(result, args.summary_dir)))
+        path = write_summary(result, args.summary_dir)
+        lines.append("ModelZoo summary ({}) : {}".format(result["case_name"], path))
     print("\n".join(lines))
 
 

@@ -543,7 +543,8 @@ def checkpoint_epoch(path):
 def _folder_epoch_checkpoints(folder):
     """Returns the paths of the epoch checkpoints in a folder, newest first."""
     found = [(checkpoint_epoch(f), f) for f in os.listdir(folder)]
-    return [os.path.join(folder, f) for e, f in sorted(found, reverse=True) if e is not None]
+    found = sorted((e, f) for e, f in found if e is not None)
+    return [os.path.join(folder, f) for _, f in reversed(found)]
 
 
 def find_weights(path):
