@@ -55,7 +55,10 @@ print_final_result() {
     fi
     "$py" "$REPO_DIR/tools/final_result.py" "$RUN_LOG_OUT" --case "$case_name" --e2e "$e2e" \
         --out_dir "$out_dir" --summary_dir "$summary_dir" | tee -a "$RUN_LOG_OUT"
-    return "${PIPESTATUS[0]}"
+    local status=${PIPESTATUS[0]}
+    # The log's name now (a later job may have kept it as <case>.log.N meanwhile)
+    echo "Log: $(readlink "$RUN_LOG_OUT" 2>/dev/null || echo "$RUN_LOG_OUT")" >&2
+    return "$status"
 }
 
 launch() {

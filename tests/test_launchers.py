@@ -181,10 +181,10 @@ def out_path(*names):
 
 
 def files_state(folder):
-    """Returns {relative path: mtime_ns} of the files under a folder."""
+    """Returns {relative path: mtime_ns} of the files under a folder (a run's lock left out)."""
     state = {}
     for root, _, names in os.walk(folder):
-        for name in names:
+        for name in (n for n in names if "lock" not in n.lower()):
             path = os.path.join(root, name)
             state[os.path.relpath(path, folder)] = os.stat(path).st_mtime_ns
     return state
