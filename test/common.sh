@@ -23,6 +23,44 @@ pick_python() {
     fi
 }
 
+# Opens this run's own log as RUN_LOG_FD, created exclusively at LOG: an earlier LOG (a finished
+# run's, or one another job still writes through its own descriptor) is first kept as LOG.N.
+# RUN_LOG_OUT names the open file even after a later job moves it aside.
+open_run_log() {
+    local log=$1 py=$2 try opened
+    for try in 1 2 3 4 5 6 7 8 9 10; do
+        if [ -e "$log" ] || [ -L "$log" ]; then
+            "$py" "$REPO_DIR/tools/final_result.py" --keep "$log" || exit 2
+        fi
+        set -C
+        { exec {RUN_LOG_FD}>"$log"; } 2>/dev/null
+        opened=$?
+        set +C
+        if [ "$opened" -eq 0 ]; then
+            RUN_LOG_OUT="/proc/$$/fd/$RUN_LOG_FD"
+            [ -e "$RUN_LOG_OUT" ] || RUN_LOG_OUT=$log
+            return 0
+        fi
+    done
+    die "cannot create the log $log; check the permissions of $(dirname "$log")"
+}
+
+# Prints the Final result block of this run (from its own log, or for a finished run's rerun
+# from OUT_DIR's saved result), appends it to the log and writes the ModelZoo summary.
+print_final_result() {
+    local py=$1 case_name=$2 out_dir=$3 e2e=$4 summary_dir=$5
+    if [ "${NODE_RANK:-0}" != 0 ]; then
+        echo "Final result: printed by node 0 (NODE_RANK 0)" | tee -a "$RUN_LOG_OUT"
+        return 0
+    fi
+    "$py" "$REPO_DIR/tools/final_result.py" "$RUN_LOG_OUT" --case "$case_name" --e2e "$e2e" \
+        --out_dir "$out_dir" --summary_dir "$summary_dir" | tee -a "$RUN_LOG_OUT"
+    local status=${PIPESTATUS[0]}
+    # The log's name now (a later job may have kept it as <case>.log.N meanwhile)
+    echo "Log: $(readlink "$RUN_LOG_OUT" 2>/dev/null || echo "$RUN_LOG_OUT")" >&2
+    return "$status"
+}
+
 launch() {
     local case_name=$1 tool=$2 cfg_file=$3 nproc=$4
     shift 4
@@ -42,12 +80,16 @@ launch() {
         [ -n "$pth_path" ] || die "--pth_path=FILE is required (the checkpoint to evaluate)"
         extra+=(TEST.WEIGHTS "$pth_path")
     fi
-    local py id out_dir log
+    local py id out_dir log i
     py=$(pick_python)
     id=${ASCEND_DEVICE_ID:-0}
     out_dir="$TEST_DIR/output/$id/$case_name/$(basename "$cfg_file" .yaml)"
+    for ((i = 0; i + 1 < ${#extra[@]}; i += 2)); do
+        [ "${extra[i]}" = OUT_DIR ] && out_dir=${extra[i + 1]}
+    done
     log="$TEST_DIR/output/$id/$case_name.log"
     mkdir -p "$(dirname "$log")" || die "cannot create $(dirname "$log"); check its permissions"
+    open_run_log "$log" "$py"
     export PYTHONPATH="$REPO_DIR${PYTHONPATH:+:$PYTHONPATH}"
     local args=(--cfg "$cfg_file" --data_path "$data_path")
     [ -n "$device" ] && args+=(--device "$device")
@@ -65,10 +107,9 @@ launch() {
     local start end status
     start=$(date +%s)
     "${runner[@]}" "$REPO_DIR/tools/$tool.py" "${args[@]}" \
-        OUT_DIR "$out_dir" NUM_GPUS $((nproc * nnodes)) "${extra[@]}" 2>&1 | tee "$log"
+        OUT_DIR "$out_dir" NUM_GPUS $((nproc * nnodes)) "${extra[@]}" 2>&1 | tee -a "$RUN_LOG_OUT"
     status=${PIPESTATUS[0]}
     end=$(date +%s)
     [ "$status" -eq 0 ] || exit "$status"
-    "$py" "$REPO_DIR/tools/final_result.py" "$log" --case "$case_name" --e2e $((end - start)) \
-        | tee -a "$log"
+    print_final_result "$py" "$case_name" "$out_dir" $((end - start)) "$(dirname "$log")"
 }

@@ -723,6 +723,49 @@ ROWS = [
         code=1,
         slow=True,
     ),
+    row(
+        "test_weights_empty_folder",
+        "`TEST.WEIGHTS` is a folder without checkpoints",
+        train("TEST.WEIGHTS", lambda ws: ws.path("no_images"), name="test_net"),
+        r"error: folder {} holds no checkpoint \(model_best\.pyth or model_epoch_XXXX\.pyth\); "
+        r"pass a checkpoint file, or an OUT_DIR or checkpoints folder that holds one".format(P),
+    ),
+    row(
+        "launcher_eval_pth_empty_folder",
+        "`test/train_eval_8p.sh` (RANK_SIZE=1) with `--pth_path=` a folder without checkpoints",
+        launcher(
+            "train_eval_8p.sh",
+            lambda ws: "--data_path=" + ws["data"],
+            lambda ws: "--pth_path=" + ws.path("no_images"),
+            "--device=cpu",
+            lambda ws: "--cfg=" + CFG,
+            *tiny_pairs(),
+            env={"RANK_SIZE": "1"},
+        ),
+        r"error: folder {} holds no checkpoint \(model_best\.pyth or model_epoch_XXXX\.pyth\); "
+        r"pass a checkpoint file, or an OUT_DIR or checkpoints folder that holds one".format(P),
+        stream="output",
+        slow=True,
+    ),
+    row(
+        "train_weights_missing",
+        "`TRAIN.WEIGHTS` does not exist (found before `OUT_DIR` is touched)",
+        train("TRAIN.WEIGHTS", lambda ws: ws.path("none.pyth")),
+        r"error: TRAIN\.WEIGHTS {} does not exist; check the path".format(P),
+    ),
+    row(
+        "train_pretrained_folder",
+        "`TRAIN.PRETRAINED` is a folder",
+        train("TRAIN.PRETRAINED", lambda ws: ws["data"]),
+        r"error: TRAIN\.PRETRAINED {} is a folder, not a file; check the path".format(P),
+        slow=True,
+    ),
+    row(
+        "final_result_missing_log",
+        "`tools/final_result.py` on a log that does not exist",
+        tool("final_result", lambda ws: ws.path("none.log")),
+        r"error: log {} does not exist".format(P),
+    ),
 ]
 
 

@@ -11,18 +11,21 @@ from conftest import REPO, json_stats
 TEST_DIR = os.path.join(REPO, "test")
 # A launcher output id of our own, removed afterwards (the launchers write test/output/<id>/)
 OUTPUT_ID = "97"
+# The output id of the rerun test (its logs are counted)
+RERUN_ID = "971"
 
 
 @pytest.fixture(scope="module", autouse=True)
 def clean_output():
-    """Removes what the launchers wrote under test/output/<OUTPUT_ID>."""
+    """Removes what the launchers wrote under test/output/<OUTPUT_ID> (and RERUN_ID)."""
     yield
-    shutil.rmtree(os.path.join(TEST_DIR, "output", OUTPUT_ID), ignore_errors=True)
+    for output_id in (OUTPUT_ID, RERUN_ID):
+        shutil.rmtree(os.path.join(TEST_DIR, "output", output_id), ignore_errors=True)
 
 
-def launch(script, *args, rank_size=None, cwd=REPO):
+def launch(script, *args, rank_size=None, cwd=REPO, output_id=OUTPUT_ID):
     """Runs bash test/<script>.sh with args; returns the CompletedProcess."""
-    env = dict(os.environ, ASCEND_DEVICE_ID=OUTPUT_ID)
+    env = dict(os.environ, ASCEND_DEVICE_ID=output_id)
     if rank_size:
         env["RANK_SIZE"] = str(rank_size)
     cmd = ["bash", os.path.join(TEST_DIR, script + ".sh")] + [str(a) for a in args]
@@ -48,7 +51,8 @@ def test_8p_launcher_runs_two_processes_to_the_end(run_8p):
     assert run_8p.returncode == 0, run_8p.stdout[-1500:] + run_8p.stderr[-1500:]
     result = final_result(run_8p.stdout)
     assert float(result["Final Performance images/sec"]) > 0
-    assert 0 < float(result["Final Train Accuracy (top1)"]) <= 100
+    assert 0 < float(result["Final Train Accuracy"]) <= 100
+    assert 0 < float(result["Test Accuracy top1"]) <= 100
     log_path = os.path.join(TEST_DIR, "output", OUTPUT_ID, "train_full_8p.log")
     with open(log_path) as f:
         log = f.read()
@@ -163,3 +167,97 @@ def test_quickstart_at_reduced_size():
     assert result["Case"] == "train_full_1p"
     assert float(result["Final Performance images/sec"]) > 0
     assert os.path.isdir(os.path.join(REPO, "output", "demo_data", "val"))
+
+
+def launcher_run(demo_data, tiny_cfg, out_dir, *extra, script="train_full_1p", data=None):
+    """Runs a launcher on the tiny model into out_dir (a KEY VALUE override)."""
+    args = ["--data_path=" + (data or demo_data), "--device=cpu", "--cfg=" + tiny_cfg]
+    return launch(script, *args, "OUT_DIR", out_dir, *extra, output_id=RERUN_ID)
+
+
+def out_path(*names):
+    """Returns a path under test/output/<RERUN_ID>."""
+    return os.path.join(TEST_DIR, "output", RERUN_ID, *names)
+
+
+def files_state(folder):
+    """Returns {relative path: mtime_ns} of the files under a folder (a run's lock left out)."""
+    state = {}
+    for root, _, names in os.walk(folder):
+        for name in (n for n in names if "lock" not in n.lower()):
+            path = os.path.join(root, name)
+            state[os.path.relpath(path, folder)] = os.stat(path).st_mtime_ns
+    return state
+
+
+@pytest.mark.slow
+def test_rerun_of_a_finished_launcher_run(demo_data, tiny_cfg, tmp_path):
+    out_dir = str(tmp_path / "run")
+    first = launcher_run(demo_data, tiny_cfg, out_dir, "OPTIM.MAX_EPOCH", 1)
+    assert first.returncode == 0, first.stdout[-1500:] + first.stderr[-1500:]
+    first_result = final_result(first.stdout)
+    # The ModelZoo summary: key = value lines, and one train loss per epoch
+    with open(out_path("EfficientNet-B3_bs64_1p_acc.log")) as f:
+        summary = dict(ln.strip().split(" = ", 1) for ln in f)
+    assert summary["CaseName"] == "EfficientNet-B3_bs64_1p_acc" and summary["RankSize"] == "1"
+    assert summary["TrainAccuracy"] == first_result["Final Train Accuracy"]
+    with open(out_path("train_EfficientNet-B3_bs64_1p_acc_loss.txt")) as f:
+        losses = f.read().split()
+    assert losses == ["%.4f" % json_stats(first.stdout, "train_epoch")[0]["loss"]]
+    before = files_state(out_dir)
+    # Rerun: success, the same block, nothing in OUT_DIR rewritten, the first log kept
+    again = launcher_run(demo_data, tiny_cfg, out_dir, "OPTIM.MAX_EPOCH", 1)
+    assert again.returncode == 0, again.stdout[-1500:] + again.stderr[-1500:]
+    assert "are done, nothing to train" in again.stdout
+    assert final_result(again.stdout) == first_result
+    assert files_state(out_dir) == before
+    with open(out_path("train_full_1p.log.1")) as f:
+        assert json_stats(f.read(), "train_epoch")  # the first run's log, kept
+    # A rerun with a wrong data path stops on the data before reading a checkpoint
+    bad = launcher_run(demo_data, tiny_cfg, out_dir, data=str(tmp_path / "nowhere"))
+    assert bad.returncode == 2
+    assert bad.stdout.strip().splitlines()[-1].startswith("error: data path ")
+    assert "Resumed from" not in bad.stdout and files_state(out_dir) == before
+    assert os.path.isfile(out_path("train_full_1p.log.2"))
+    # The eval launcher takes the run's checkpoints folder as --pth_path
+    args = ["--data_path=" + demo_data, "--device=cpu", "--cfg=" + tiny_cfg]
+    args += ["--pth_path=" + os.path.join(out_dir, "checkpoints")]
+    eval_dir = str(tmp_path / "eval")
+    res = launch("train_eval_8p", *args, "OUT_DIR", eval_dir, rank_size=1, output_id=RERUN_ID)
+    assert res.returncode == 0, res.stdout[-1500:] + res.stderr[-1500:]
+    assert os.path.join(out_dir, "checkpoints", "model_best.pyth") in res.stdout
+    result = final_result(res.stdout)
+    assert result["Final Train Accuracy"] == first_result["Test Accuracy top1"]
+
+
+@pytest.mark.slow
+def test_two_launcher_jobs_at_once_keep_their_own_logs(demo_data, tiny_cfg, tmp_path):
+    # Two jobs of one case at once: each log holds one run, each block reads its own stats
+    script = os.path.join(TEST_DIR, "train_full_1p.sh")
+    env = dict(os.environ, ASCEND_DEVICE_ID=OUTPUT_ID + "2")
+    jobs = []
+    for epochs in (1, 2):
+        args = ["--data_path=" + demo_data, "--device=cpu", "--cfg=" + tiny_cfg]
+        args += ["OUT_DIR", str(tmp_path / str(epochs)), "OPTIM.MAX_EPOCH", str(epochs)]
+        cmd = ["bash", script] + args
+        jobs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True))
+    outputs = [job.communicate(timeout=600)[0] for job in jobs]
+    assert [job.returncode for job in jobs] == [0, 0], [o[-1500:] for o in outputs]
+    folder = os.path.join(TEST_DIR, "output", OUTPUT_ID + "2")
+    try:
+        logs = sorted(n for n in os.listdir(folder) if n.startswith("train_full_1p.log"))
+        assert logs == ["train_full_1p.log", "train_full_1p.log.1"]
+        epochs_per_log = []
+        for name in logs:
+            with open(os.path.join(folder, name)) as f:
+                text = f.read()
+            assert text.count("Final result") == 1
+            epochs_per_log.append([s["epoch"] for s in json_stats(text, "train_epoch")])
+        assert sorted(epochs_per_log) == [["1/1"], ["1/2", "2/2"]]
+        for epochs, out in zip((1, 2), outputs):
+            train = json_stats(out, "train_epoch")
+            assert len(train) == epochs
+            accuracy = float(final_result(out)["Final Train Accuracy"])
+            assert accuracy == pytest.approx(100 - train[-1]["top1_err"], abs=1e-3)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)

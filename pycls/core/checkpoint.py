@@ -798,3 +798,42 @@ def load_weights(path, model, skip_mismatched_head=False):
         msg = "Skipped {} of the model's tensors from {} (kept their initial values): {}"
         logger.warning(msg.format(len(skipped), path, _list_names(skipped)))
     return skipped
+
+
+def checkpoint_epoch(path):
+    """Returns the epochs done by an epoch checkpoint, read from its name (None if unnamed)."""
+    match = _NAME_RE.match(os.path.basename(path))
+    return int(match.group(1)) if match else None
+
+
+def _folder_epoch_checkpoints(folder):
+    """Returns the paths of the epoch checkpoints in a folder, newest first."""
+    found = [(checkpoint_epoch(f), f) for f in os.listdir(folder)]
+    found = sorted((e, f) for e, f in found if e is not None)
+    return [os.path.join(folder, f) for _, f in reversed(found)]
+
+
+def find_weights(path):
+    """Returns the checkpoint a weights path names: a file itself, or in an OUT_DIR or its
+    checkpoints folder model_best.pyth, else the newest epoch checkpoint that loads."""
+    if not os.path.isdir(path):
+        return path
+    folder = os.path.join(path, _DIR_NAME)
+    folder = folder if os.path.isdir(folder) else path
+    best = os.path.join(folder, _BEST_NAME)
+    if os.path.isfile(best):
+        return best
+    newest = _folder_epoch_checkpoints(folder)
+    for candidate in newest:
+        try:
+            _load_checkpoint_file(candidate)
+        except PyclsError as e:
+            logger.warning("Skipping unreadable checkpoint: {}".format(e))
+            continue
+        return candidate
+    fix = "pass a checkpoint file, or an OUT_DIR or checkpoints folder that holds one"
+    if newest:
+        msg = "no checkpoint in {} loads (all {} are corrupt); {}"
+        raise PyclsError(msg.format(folder, len(newest), fix))
+    msg = "folder {} holds no checkpoint ({} or {}XXXX.pyth); {}"
+    raise PyclsError(msg.format(folder, _BEST_NAME, _NAME_PREFIX, fix))

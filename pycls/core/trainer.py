@@ -35,10 +35,8 @@ def setup_env(rank_id=None, device_id=None):
         msg = "config key RNG_SEED is {}; set it from 0 to {}"
         raise PyclsError(msg.format(cfg.RNG_SEED, _MAX_SEED))
     device = dist.init(cfg.DEVICE, rank_id=rank_id, device_id=device_id)
-    if dist.is_main_proc():
+    if dist.is_main_proc() and cfg.LOG_DEST == "file":
         cp.check_out_dir()
-        cp.lock_out_dir()
-        config.dump_cfg()
     logging.setup_logging()
     version = [torch.__version__, torch.version.cuda, getattr(torch.version, "cann", None)]
     logger.info("PyTorch version: {}".format(version))
@@ -51,6 +49,26 @@ def setup_env(rank_id=None, device_id=None):
         logger.warning(msg.format(restarts, os.environ.get("TORCHELASTIC_MAX_RESTARTS", "?")))
     _seed_all(cfg.RNG_SEED + dist.get_rank())
     return device
+
+
+def setup_out_dir(min_free_bytes=0):
+    """Checks OUT_DIR (writable, free space) and dumps the config there (main process only);
+    called once the run's inputs are checked, so a bad input leaves OUT_DIR untouched."""
+    if dist.is_main_proc():
+        cp.check_out_dir(min_free_bytes=min_free_bytes)
+        cp.lock_out_dir()
+        config.dump_cfg()
+
+
+def check_weights_files():
+    """Checks that the TRAIN.WEIGHTS / TRAIN.PRETRAINED files a fresh run loads exist."""
+    for key, path in (
+        ("TRAIN.WEIGHTS", cfg.TRAIN.WEIGHTS),
+        ("TRAIN.PRETRAINED", cfg.TRAIN.PRETRAINED),
+    ):
+        if path and not os.path.isfile(path):
+            what = "is a folder, not a file" if os.path.isdir(path) else "does not exist"
+            raise PyclsError("{} {} {}; check the path".format(key, path, what))
 
 
 def _seed_all(seed):
@@ -75,9 +93,8 @@ def setup_model(device):
     return model.to(device, memory_format=devices.memory_format(device))
 
 
-def load_start_state(model, model_ema, optimizer, amp):
-    """Resumes from OUT_DIR or loads start weights; returns the first epoch to run."""
-    path = cp.find_resume_checkpoint() if cfg.TRAIN.AUTO_RESUME else None
+def load_start_state(path, model, model_ema, optimizer, amp):
+    """Resumes from the checkpoint path or loads start weights; returns the first epoch to run."""
     if path:
         epoch, extra = cp.load_checkpoint(path, model, model_ema, optimizer)
         amp.load_state_dict(extra.get("amp_state"))
@@ -192,23 +209,41 @@ def profile_steps(loader, model, loss_fun, optimizer, amp, device):
     logger.info("Wrote the profiler trace of {} steps to {}".format(steps, path))
 
 
+def finished_run(resume_path):
+    """Tells whether OUT_DIR's newest checkpoint already holds all OPTIM.MAX_EPOCH epochs, and
+    says so: rerunning a finished run retrains and rewrites nothing."""
+    done = cp.checkpoint_epoch(resume_path) if resume_path else None
+    if done is None or done < cfg.OPTIM.MAX_EPOCH:
+        return False
+    msg = "All {} epochs (OPTIM.MAX_EPOCH {}) in OUT_DIR {} are done, nothing to train: newest "
+    msg += "checkpoint {}; raise OPTIM.MAX_EPOCH to train on, or set another OUT_DIR to start over"
+    logger.info(msg.format(done, cfg.OPTIM.MAX_EPOCH, cfg.OUT_DIR, resume_path))
+    return True
+
+
 def train_model(rank_id=None, device_id=None):
     """Trains the model, evaluating and checkpointing after every epoch."""
     device = setup_env(rank_id, device_id)
+    # Inputs first (data, splits, classes, weights files), then OUT_DIR and its checkpoints
+    train_loader = data_loader.construct_train_loader(device)
+    test_loader = data_loader.construct_test_loader(device)
+    if not (cfg.TRAIN.AUTO_RESUME and cp.has_checkpoint()):
+        check_weights_files()
+    resume_path = cp.find_resume_checkpoint() if cfg.TRAIN.AUTO_RESUME else None
+    if finished_run(resume_path):
+        dist.cleanup()
+        return
     model = setup_model(device)
-    if dist.is_main_proc():
-        cp.check_out_dir(min_free_bytes=2 * cp.estimate_checkpoint_bytes(model))
+    setup_out_dir(min_free_bytes=2 * cp.estimate_checkpoint_bytes(model))
     loss_fun = builders.build_loss_fun().to(device)
     optimizer = optim.construct_optimizer(model, device)
     amp = Amp(device)
     model, optimizer = amp.prepare(model, optimizer)
     logger.info("Mixed precision: {}".format(amp.describe()))
     model_ema = copy.deepcopy(model) if cfg.OPTIM.EMA_ALPHA > 0 else None
-    start_epoch = load_start_state(model, model_ema, optimizer, amp)
+    start_epoch = load_start_state(resume_path, model, model_ema, optimizer, amp)
     ddp_model = dist.wrap_model(model, device)
     train_model_fn = torch.compile(ddp_model) if cfg.MODEL.COMPILE else ddp_model
-    train_loader = data_loader.construct_train_loader(device)
-    test_loader = data_loader.construct_test_loader(device)
     if cfg.PROFILE.ENABLED:
         profile_steps(train_loader, train_model_fn, loss_fun, optimizer, amp, device)
     train_meter = meters.TrainMeter(len(train_loader))
@@ -246,15 +281,17 @@ def train_model(rank_id=None, device_id=None):
 def test_model(rank_id=None, device_id=None):
     """Evaluates TEST.WEIGHTS on the test set."""
     device = setup_env(rank_id, device_id)
-    model = setup_model(device)
     if not cfg.TEST.WEIGHTS:
         raise PyclsError("no weights to test: pass TEST.WEIGHTS /path/to/model.pyth")
-    cp.load_weights(cfg.TEST.WEIGHTS, model)
-    logger.info("Loaded model weights from: {}".format(cfg.TEST.WEIGHTS))
+    test_loader = data_loader.construct_test_loader(device)
+    weights = cp.find_weights(cfg.TEST.WEIGHTS)
+    model = setup_model(device)
+    cp.load_weights(weights, model)
+    logger.info("Loaded model weights from: {}".format(weights))
+    setup_out_dir()
     amp = Amp(device)
     model, _ = amp.prepare(model, None)
     model = dist.wrap_model(model, device)
-    test_loader = data_loader.construct_test_loader(device)
     test_meter = meters.TestMeter(len(test_loader))
     test_epoch(test_loader, model, amp, test_meter, 0, device)
     dist.cleanup()
@@ -269,6 +306,7 @@ def time_model(rank_id=None, device_id=None):
     model, _ = amp.prepare(model, None)
     train_loader = data_loader.construct_train_loader(device)
     test_loader = data_loader.construct_test_loader(device)
+    setup_out_dir()
     benchmark.compute_time_full(model, loss_fun, train_loader, test_loader, device, amp)
     dist.cleanup()
 
