@@ -94,12 +94,12 @@ def launcher(script, *args, env=None):
 
 
 def wrapped_torchrun(*args, nproc=2):
-    """Returns a command builder of `python -m pycls.core.distributed` (torchrun, one line)."""
+    """Returns a command builder of `python -m pycls.core.launch` (torchrun, one line)."""
 
     def build(ws):
-        argv = [sys.executable, "-m", "pycls.core.distributed", "--nproc_per_node={}".format(nproc)]
+        argv = [sys.executable, "-m", "pycls.core.launch", "--nproc_per_node={}".format(nproc)]
         argv += ["--master_addr=127.0.0.1", "--master_port={}".format(free_port())]
-        train_argv, _ = train(*args)(ws)
+        train_argv, _ = train(*args, "NUM_GPUS", str(nproc))(ws)
         return argv + train_argv[1:], None
 
     return build

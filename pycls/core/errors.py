@@ -59,7 +59,14 @@ def _stop_handler(signum, frame):
         return
     _stopped_by.append(signum)
     if len(_stopped_by) == 1:
+        # Loader workers die of the same signal: torch's SIGCHLD handler must not report that
+        # (a Python no-op, not SIG_DFL: CPython complains of a pending signal without handler)
+        signal.signal(signal.SIGCHLD, _ignore_signal)
         raise Stopped(signum)
+
+
+def _ignore_signal(signum, frame):
+    """Does nothing (a signal handler)."""
 
 
 def catch_stop_signals():
@@ -116,11 +123,20 @@ def _stop(stopped):
     if _TORCHRUN_VAR in os.environ:  # the launcher prints the job's one line
         sys.stdout.flush()
         os._exit(code)  # torchrun has signalled this rank's session: its workers end too
+    _end_children()
     message = stopped.message
     if message is None:
         message = _stop_line(stopped.signum)
     write_stderr_line(message)
     sys.exit(code)
+
+
+def _end_children():
+    """Ends this process's multiprocessing children (loader workers) now, instead of after
+    the loaders' shutdown timeouts: a stopped job must be gone within seconds."""
+    mp = sys.modules.get("multiprocessing")
+    for child in mp.active_children() if mp is not None else []:
+        child.terminate()
 
 
 def _stop_line(signum):
