@@ -103,8 +103,9 @@ launch() {
     echo "Log: $log" >&2
     local start end status
     start=$(date +%s)
+    # NUM_GPUS last: the launcher's process count wins, so config and world size always agree
     run_job "$log" "${runner[@]}" "$REPO_DIR/tools/$tool.py" "${args[@]}" \
-        OUT_DIR "$out_dir" NUM_GPUS $((nproc * nnodes)) "${extra[@]}"
+        OUT_DIR "$out_dir" "${extra[@]}" NUM_GPUS $((nproc * nnodes))
     status=$?
     end=$(date +%s)
     [ "$status" -eq 0 ] || exit "$status"

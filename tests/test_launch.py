@@ -87,6 +87,7 @@ def clean_output():
         ("train_full_8p", 2, signal.SIGTERM),
         ("train_full_8p", 2, signal.SIGINT),
         ("train_full_1p", None, signal.SIGTERM),
+        ("train_net", 2, signal.SIGTERM),  # the CLI alone with NUM_GPUS 2
     ],
 )
 def test_stopping_a_launcher_stops_its_whole_job(
@@ -94,9 +95,20 @@ def test_stopping_a_launcher_stops_its_whole_job(
 ):
     marker, port = uuid.uuid4().hex, launch.free_port()
     case = "{}_{}".format(script, sig.name)
-    cmd = ["bash", os.path.join(TEST_DIR, script + ".sh"), "--data_path=" + demo_data]
-    cmd += ["--device=cpu", "--cfg=" + tiny_cfg, "OPTIM.MAX_EPOCH", "50"]
-    cmd += ["DATA_LOADER.NUM_WORKERS", "1", "OUT_DIR", str(tmp_path / case)]
+    if script == "train_net":
+        cmd = [sys.executable, os.path.join(REPO, "tools", "train_net.py"), "--cfg", tiny_cfg]
+        cmd += ["--data_path", demo_data, "--device", "cpu", "NUM_GPUS", str(rank_size)]
+    else:
+        cmd = ["bash", os.path.join(TEST_DIR, script + ".sh"), "--data_path=" + demo_data]
+        cmd += ["--device=cpu", "--cfg=" + tiny_cfg]
+    cmd += [
+        "OPTIM.MAX_EPOCH",
+        "50",
+        "DATA_LOADER.NUM_WORKERS",
+        "1",
+        "OUT_DIR",
+        str(tmp_path / case),
+    ]
     env = {"MASTER_PORT": str(port), "RANK_SIZE": str(rank_size or 1)}
     log_path = tmp_path / "out.txt"
     proc = start(cmd, marker, log_path, **env)

@@ -119,7 +119,8 @@ def check_port_free(addr, port):
             if e.errno != errno.EADDRINUSE:
                 return  # torchrun reports other failures (e.g. a port that needs root) itself
             msg = "MASTER_PORT {} on {} is already in use (another job or program listens "
-            msg += "there); set MASTER_PORT to a free port (e.g. MASTER_PORT={}) or stop that job"
+            msg += "there); set MASTER_PORT (torchrun: --master_port) to a free port, e.g. "
+            msg += "MASTER_PORT={}, or stop that job"
             raise PyclsError(msg.format(port, addr, free_port())) from None
 
 

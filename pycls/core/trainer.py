@@ -290,8 +290,8 @@ def run_job(job, argv, description, script=None):
         world_size = dist.process_info(args.rank_id, args.device_id)[1]
         if cfg.NUM_GPUS != world_size:
             msg = "NUM_GPUS is {} but this job was started with {} processes; pass NUM_GPUS {} "
-            msg += "(or start {} processes)"
-            raise PyclsError(msg.format(cfg.NUM_GPUS, world_size, world_size, cfg.NUM_GPUS))
+            msg += "(NUM_GPUS is the process count, as in pycls)"
+            raise PyclsError(msg.format(cfg.NUM_GPUS, world_size, world_size))
     elif cfg.NUM_GPUS > 1:
         if script is None:
             msg = "NUM_GPUS {} needs torchrun here: pass NUM_GPUS 1"
