@@ -144,12 +144,26 @@ def test_stopping_a_launcher_stops_its_whole_job(
 def test_num_gpus_2_starts_two_local_ranks(demo_data, tiny_cfg, tmp_path):
     cmd = [sys.executable, os.path.join(REPO, "tools", "train_net.py"), "--cfg", tiny_cfg]
     cmd += ["--data_path", demo_data, "OPTIM.MAX_EPOCH", "1", "NUM_GPUS", "2"]
-    cmd += ["--device", "cpu", "OUT_DIR", str(tmp_path / "run")]  # a flag after the pairs
+    # auto where it picks the CPU (it then warns once); a flag after the pairs
+    auto = not torch.cuda.is_available() and launch_device_is_cpu()
+    cmd += ["--device", "auto" if auto else "cpu", "OUT_DIR", str(tmp_path / "run")]
     env = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARS}
     res = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
     assert res.returncode == 0, res.stdout[-1500:] + res.stderr[-1500:]
     assert "world size 2" in res.stdout
+    if auto:
+        assert "--device auto picked cpu" in res.stdout
+        warning = "--device auto found no GPU or NPU, so all 2 processes run on the CPU; to "
+        warning += "choose, pass --device=cpu with RANK_SIZE=N (or use the 1p launcher)"
+        assert (res.stdout + res.stderr).count(warning) == 1
     assert [s["epoch"] for s in json_stats(res.stdout, "train_epoch")] == ["1/1"]
+
+
+def launch_device_is_cpu():
+    """Tells whether --device auto picks the CPU here."""
+    from pycls.core import device
+
+    return device.resolve("auto") == "cpu"
 
 
 def test_stop_line_names_the_epoch_a_rerun_starts_at(tmp_path):
@@ -199,3 +213,48 @@ def test_env_npu_sources_cann_with_nounset_off_and_restores_it(tmp_path):
         env=env,
     )
     assert res.returncode == 0 and "u" not in res.stdout  # and stays off where it was off
+
+
+STOPPED_CLI = """
+import os, signal, sys, time
+from pycls.core.errors import run_cli
+
+def main():
+    from pycls.core.config import cfg
+
+    cfg.OUT_DIR = {out_dir!r}
+    ready, go = os.pipe()
+    child = os.fork()
+    if child == 0:  # a loader worker: inherits the handler, and dies of the signal
+        os.write(go, b"x")
+        time.sleep(30)
+        os._exit(0)
+    os.read(ready, 1)
+    os.kill(child, signal.SIGTERM)
+    print("child", os.waitpid(child, 0)[1], flush=True)
+    os.kill(os.getpid(), signal.SIG{sig})
+    time.sleep(30)
+
+run_cli(main)
+"""
+
+
+@pytest.mark.parametrize("sig,under_torchrun", [("TERM", False), ("INT", False), ("TERM", True)])
+def test_a_stopped_cli_ends_in_one_line(tmp_path, sig, under_torchrun):
+    script = tmp_path / "train_net.py"
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "model_epoch_0003.pyth").write_bytes(b"x")
+    script.write_text(STOPPED_CLI.format(sig=sig, out_dir=str(tmp_path)))
+    env = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARS + ["TORCHELASTIC_RUN_ID"]}
+    env["PYTHONPATH"] = REPO
+    if under_torchrun:
+        env["TORCHELASTIC_RUN_ID"] = "test"
+    res = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env)
+    signum = getattr(signal, "SIG" + sig)
+    assert res.returncode == 128 + signum
+    assert res.stdout == "child {}\n".format(signal.SIGTERM)  # killed by the signal itself
+    if under_torchrun:  # a rank: its launcher says it
+        assert res.stderr == ""
+    else:
+        line = "stopped by SIG{}; rerun the same command to resume from epoch 4\n".format(sig)
+        assert res.stderr == line
