@@ -77,7 +77,8 @@ def catch_stop_signals():
 
 
 def run_cli(main):
-    """Runs a CLI entry point; a user error ends in one line on stderr and exit 2."""
+    """Runs a CLI entry point; a user error ends in one line on stderr and exit 2, a stop
+    signal (SIGINT/SIGTERM) in the line that says how to resume and exit 128 + signal."""
     catch_stop_signals()
     try:
         _run_main(main)
