@@ -61,6 +61,45 @@ print_final_result() {
     return "$status"
 }
 
+# Seconds a stopped job gets to end on its own before it is killed (it must be gone in 10 s)
+STOP_GRACE_S=7
+
+# run_job LOG COMMAND...: runs COMMAND with its output on the terminal and in LOG; returns its
+# exit status. SIGINT/SIGTERM to this script reach the job (bash runs a trap only after a
+# foreground command ends, so the job runs in the background while the script waits); the
+# job then ends every process it started and prints the one line that says how to resume; it
+# is killed if it outlives STOP_GRACE_S. tee ignores the signals so that line reaches the log.
+run_job() {
+    local log=$1 status
+    shift
+    _job_pid="" _job_signal="" _job_stop_at=""
+    trap '_stop_job INT' INT
+    trap '_stop_job TERM' TERM
+    "$@" > >(trap '' INT TERM; exec tee -a "$log") 2>&1 &
+    _job_pid=$!
+    [ -n "$_job_signal" ] && kill -s "$_job_signal" "$_job_pid" 2>/dev/null
+    wait "$_job_pid"  # returns early when a stop signal arrives
+    while kill -0 "$_job_pid" 2>/dev/null; do
+        if [ -n "$_job_stop_at" ] && [ $((SECONDS - _job_stop_at)) -ge "$STOP_GRACE_S" ]; then
+            kill -s KILL "$_job_pid" 2>/dev/null
+        fi
+        sleep 0.2
+    done
+    wait "$_job_pid"
+    status=$?
+    trap - INT TERM
+    wait  # for tee to write the last lines
+    return "$status"
+}
+
+# _stop_job SIGNAL: passes the first stop signal on to the job and starts its grace time
+_stop_job() {
+    [ -n "$_job_signal" ] && return
+    _job_signal=$1
+    _job_stop_at=$SECONDS
+    [ -n "$_job_pid" ] && kill -s "$1" "$_job_pid" 2>/dev/null
+}
+
 launch() {
     local case_name=$1 tool=$2 cfg_file=$3 nproc=$4
     shift 4
@@ -96,7 +135,7 @@ launch() {
     local nnodes=${NNODES:-1}
     local runner=("$py")
     if [ "$nproc" -gt 1 ] || [ "$nnodes" -gt 1 ]; then
-        runner=("$py" -m pycls.core.distributed --nproc_per_node="$nproc" --nnodes="$nnodes"
+        runner=("$py" -m pycls.core.launch --nproc_per_node="$nproc" --nnodes="$nnodes"
             --node_rank="${NODE_RANK:-0}" --master_addr="${MASTER_ADDR:-127.0.0.1}"
             --master_port="${MASTER_PORT:-29500}" --max-restarts="${MAX_RESTARTS:-0}"
             --no-python "$TEST_DIR/bind_cores.sh" "$py")
@@ -106,9 +145,10 @@ launch() {
     echo "Log: $log" >&2
     local start end status
     start=$(date +%s)
-    "${runner[@]}" "$REPO_DIR/tools/$tool.py" "${args[@]}" \
-        OUT_DIR "$out_dir" NUM_GPUS $((nproc * nnodes)) "${extra[@]}" 2>&1 | tee -a "$RUN_LOG_OUT"
-    status=${PIPESTATUS[0]}
+    # NUM_GPUS last: the launcher's process count wins, so config and world size always agree
+    run_job "$RUN_LOG_OUT" "${runner[@]}" "$REPO_DIR/tools/$tool.py" "${args[@]}" \
+        OUT_DIR "$out_dir" "${extra[@]}" NUM_GPUS $((nproc * nnodes))
+    status=$?
     end=$(date +%s)
     [ "$status" -eq 0 ] || exit "$status"
     print_final_result "$py" "$case_name" "$out_dir" $((end - start)) "$(dirname "$log")"

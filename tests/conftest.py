@@ -29,6 +29,7 @@ TINY_EN_OPTS = {
     "DATA_LOADER.NUM_WORKERS": "0",
     "LOG_PERIOD": "2",
     "VERBOSE": "False",
+    "NUM_GPUS": "1",  # the dds configs say 8: a CLI started alone would start 8 ranks
 }
 
 # A small EfficientNet (the real EffNet code, fewer and narrower blocks) for fast CPU runs.

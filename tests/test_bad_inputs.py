@@ -94,12 +94,12 @@ def launcher(script, *args, env=None):
 
 
 def wrapped_torchrun(*args, nproc=2):
-    """Returns a command builder of `python -m pycls.core.distributed` (torchrun, one line)."""
+    """Returns a command builder of `python -m pycls.core.launch` (torchrun, one line)."""
 
     def build(ws):
-        argv = [sys.executable, "-m", "pycls.core.distributed", "--nproc_per_node={}".format(nproc)]
+        argv = [sys.executable, "-m", "pycls.core.launch", "--nproc_per_node={}".format(nproc)]
         argv += ["--master_addr=127.0.0.1", "--master_port={}".format(free_port())]
-        train_argv, _ = train(*args)(ws)
+        train_argv, _ = train(*args, "NUM_GPUS", str(nproc))(ws)
         return argv + train_argv[1:], None
 
     return build
@@ -766,6 +766,55 @@ ROWS = [
         tool("final_result", lambda ws: ws.path("none.log")),
         r"error: log {} does not exist".format(P),
     ),
+    # ------------------------- ports and process counts (launch) ------------------------ #
+    row(
+        "launcher_port_in_use",
+        "`MASTER_PORT` of `test/train_full_8p.sh` already in use by another program",
+        lambda ws: launcher(
+            "train_full_8p.sh",
+            "--data_path=" + ws["data"],
+            "--device=cpu",
+            "--cfg=" + CFG,
+            *tiny_pairs(),
+            env={"RANK_SIZE": "2", "MASTER_PORT": str(busy_port())},
+        )(ws),
+        r"error: MASTER_PORT \d+ on 127\.0\.0\.1 is already in use \(another job or program "
+        r"listens there\); set MASTER_PORT \(torchrun: --master_port\) to a free port, e\.g\. "
+        r"MASTER_PORT=\d+, or stop that job",
+        stream="output",
+    ),
+    row(
+        "launch_port_in_use",
+        "`python -m pycls.core.launch --master_port=P` with P in use",
+        lambda ws: (
+            [sys.executable, "-m", "pycls.core.launch", "--nproc_per_node=2"]
+            + ["--master_port={}".format(busy_port())]
+            + train("NUM_GPUS", "2")(ws)[0][1:],
+            None,
+        ),
+        r"error: MASTER_PORT \d+ on 127\.0\.0\.1 is already in use .* or stop that job",
+    ),
+    row(
+        "num_gpus_not_world_size",
+        "`--rank_id 0` with `RANK_SIZE=2` but `NUM_GPUS 1`",
+        train("--rank_id", "0", env={"RANK_SIZE": "2"}),
+        r"error: NUM_GPUS is 1 but this job was started with 2 processes; pass NUM_GPUS 2 "
+        r"\(NUM_GPUS is the process count, as in pycls\)",
+    ),
+    row(
+        "num_gpus_not_torchrun_world_size",
+        "torchrun (`pycls.core.launch`) with 2 processes and `NUM_GPUS 3`",
+        lambda ws: (
+            [sys.executable, "-m", "pycls.core.launch", "--nproc_per_node=2"]
+            + ["--master_port={}".format(free_port())]
+            + train("NUM_GPUS", "3")(ws)[0][1:],
+            None,
+        ),
+        r"error: rank \d \(pid \d+\) failed: NUM_GPUS is 3 but this job was started with 2 "
+        r"processes; pass NUM_GPUS 2 \(NUM_GPUS is the process count, as in pycls\); the job "
+        r"stopped",
+        slow=True,
+    ),
 ]
 
 
@@ -1020,6 +1069,19 @@ def main():
         sys.stdout.write(markdown(outcomes, root))
     if not existed:
         shutil.rmtree(output, ignore_errors=True)
+
+
+_BUSY = []
+
+
+def busy_port():
+    """Returns a port on which this process listens (for as long as it runs)."""
+    if not _BUSY:
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        _BUSY.append(sock)
+    return _BUSY[0].getsockname()[1]
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ from conftest import LAUNCH_VARS, REPO, TINY_EN_OPTS
 
 import pycls.core.logging as logging
 from pycls.core import amp as amp_module
-from pycls.core import config, distributed, errors, trainer
+from pycls.core import config, distributed, errors, launch, trainer
 from pycls.core.config import cfg
 
 CFG = os.path.join(REPO, "configs", "dds_baselines", "effnet", "EN-B0_dds_8gpu.yaml")
@@ -186,11 +186,11 @@ def free_port():
         return sock.getsockname()[1]
 
 
-def torchrun_cmd(script, out_dir, data, restarts=0, module="pycls.core.distributed", **changes):
+def torchrun_cmd(script, out_dir, data, restarts=0, module="pycls.core.launch", **changes):
     """Returns the command of a 2-process gloo run through torchrun (or pycls's wrapper)."""
     cmd = [sys.executable, "-m", module, "--nproc_per_node=2", "--max-restarts={}".format(restarts)]
     cmd += ["--master_addr=127.0.0.1", "--master_port={}".format(free_port()), script]
-    return cmd + opts(out_dir, data, **changes)
+    return cmd + opts(out_dir, data, **dict({"NUM_GPUS": "2"}, **changes))
 
 
 def stats(text, data_type):
@@ -426,7 +426,7 @@ def test_crashed_rank_restarts_the_job_from_the_checkpoint(
     assert_same_ranks(uninterrupted_2p[0], out_dir)
 
 
-@pytest.mark.parametrize("module", ["pycls.core.distributed", "torch.distributed.run"])
+@pytest.mark.parametrize("module", ["pycls.core.launch", "torch.distributed.run"])
 def test_failed_rank_ends_the_job_with_its_error(data, hooked, module, tmp_path):
     marker = str(tmp_path / "hook")
     hook_env = env_for(PYCLS_TEST_HOOK="raise:1:3:1", PYCLS_TEST_MARKER=marker)
@@ -434,7 +434,7 @@ def test_failed_rank_ends_the_job_with_its_error(data, hooked, module, tmp_path)
     result = subprocess.run(cmd, env=hook_env, capture_output=True, text=True)
     assert result.returncode != 0
     assert "error: injected failure on rank 1" in result.stderr.splitlines()
-    if module == "pycls.core.distributed":  # one last line naming the rank and its error
+    if module == "pycls.core.launch":  # one last line naming the rank and its error
         assert result.returncode == 2 and "Traceback" not in result.stderr
         assert re.fullmatch(
             r"error: rank 1 \(pid \d+\) failed: injected failure on rank 1; the job stopped",
@@ -789,8 +789,8 @@ def test_the_launcher_blames_the_rank_that_failed_first():
         ({0: failure(2, "error: a", 12), 1: failure(2, "error: b", 11)}, 1),
     ]
     for failures, blamed in cases:
-        assert distributed._root_cause(failures)[0] == blamed
-    assert distributed._recorded_error(failure(2, "error: bad batch")) == "bad batch"
+        assert launch._root_cause(failures)[0] == blamed
+    assert launch._recorded_error(failure(2, "error: bad batch")) == "bad batch"
 
 
 def test_a_torchrun_restart_uses_keys_of_its_own(monkeypatch):

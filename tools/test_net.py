@@ -12,7 +12,7 @@ def main():
     """Loads the config from the command line and runs the job."""
     from pycls.core import trainer
 
-    trainer.run_job(trainer.test_model, sys.argv[1:], __doc__)
+    trainer.run_job(trainer.test_model, sys.argv[1:], __doc__, script=__file__)
 
 
 if __name__ == "__main__":

@@ -756,6 +756,23 @@ def reset_cfg():
         _C.freeze()
 
 
+def _flags_first(parser, argv):
+    """Moves the parser's --flags (and their values) before the KEY VALUE pairs, as pycls's
+    `train_net.py ... NUM_GPUS 2 --device cpu` has them after."""
+    takes_value = {o: a.nargs != 0 for a in parser._actions for o in a.option_strings}
+    flags, rest, i = [], [], 0
+    while i < len(argv):
+        name = argv[i].split("=", 1)[0]
+        if name in takes_value:
+            value = takes_value[name] and "=" not in argv[i] and i + 1 < len(argv)
+            flags += argv[i : i + 1 + value]
+            i += 1 + value
+        else:
+            rest.append(argv[i])
+            i += 1
+    return flags + rest
+
+
 def load_cfg_from_args(argv, description="Config file options."):
     """Loads cfg from a CLI's arguments (--cfg FILE, flags, KEY VALUE...); returns the flags."""
     parser = argparse.ArgumentParser(description=description)
@@ -766,7 +783,7 @@ def load_cfg_from_args(argv, description="Config file options."):
     parser.add_argument("--device_id", type=int, help="device index of this process")
     parser.add_argument("--profperf", type=int, choices=[0, 1], default=0, help="write a trace")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE pairs; see config.py")
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_flags_first(parser, argv))
     merge_from_file(args.cfg_file)
     if args.device:
         _C.DEVICE = args.device

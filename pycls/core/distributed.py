@@ -5,16 +5,13 @@ MASTER_ADDR, MASTER_PORT) or from the seed's launchers (--rank_id N --device_id 
 process count in RANK_SIZE). A world of one process makes no process group. The backend
 follows the device: gloo (cpu), nccl (cuda), hccl (npu).
 
-`python -m pycls.core.distributed [torchrun arguments]` runs torchrun, but a failed rank ends
-the job with one line naming the rank and its error instead of torchrun's traceback. A rank
-started by torchrun stops when torchrun itself dies (kill -9), so a rerun never meets
-orphaned ranks still training into the same OUT_DIR.
+Starting ranks is pycls.core.launch's job. A rank started by torchrun stops when torchrun
+itself dies (kill -9), so a rerun never meets orphaned ranks still training into the same
+OUT_DIR.
 """
 
 import datetime
 import os
-import signal
-import sys
 import threading
 import time
 import warnings
@@ -24,7 +21,7 @@ import torch.distributed as dist
 
 from pycls.core import device as dev
 from pycls.core.config import cfg
-from pycls.core.errors import LOST_PEER, PyclsError, run_cli, write_stderr_line
+from pycls.core.errors import PyclsError, write_stderr_line
 
 # Rendezvous defaults for seed-style launches (torchrun always sets both)
 _MASTER_ADDR = "127.0.0.1"
@@ -32,12 +29,6 @@ _MASTER_PORT = "29688"
 
 # Set by torchrun in the environment of each rank it starts
 _TORCHRUN_VAR = "TORCHELASTIC_RUN_ID"
-
-# torchrun's error file name for a failed rank that recorded no error
-_NO_ERROR_FILE = "<N/A>"
-
-# Start of the error line of pycls's CLIs
-_ERROR_TAG = "error: "
 
 # Seconds between checks that a torchrun rank's launcher is still alive
 _LAUNCHER_POLL_S = 1.0
@@ -186,65 +177,3 @@ def cleanup():
     """Leaves and destroys the process group, if one is up."""
     if is_initialized():
         dist.destroy_process_group()
-
-
-def _failure_text(rank, failure):
-    """Describes how a rank of a torchrun job failed, in one line."""
-    where = "rank {} (pid {})".format(rank, failure.pid)
-    if failure.exitcode < 0:
-        return "{} was killed by signal {}".format(where, failure.signal_name())
-    message = _recorded_error(failure)
-    if message:
-        return "{} failed: {}".format(where, message)
-    msg = "{} exited with code {} and no error message; see its output above"
-    return msg.format(where, failure.exitcode)
-
-
-def _recorded_error(failure):
-    """Returns the last line of the error a failed rank recorded (pycls's 'error: ' cut), or ''."""
-    message = failure.message
-    if isinstance(message, dict):  # torchrun's own format: {"message": ..., "extraInfo": ...}
-        message = message.get("message", "")
-    if failure.error_file == _NO_ERROR_FILE or not str(message).strip():
-        return ""
-    line = str(message).strip().splitlines()[-1]
-    return line[len(_ERROR_TAG) :] if line.startswith(_ERROR_TAG) else line
-
-
-def _root_cause(failures):
-    """Returns (rank, failure) of the rank most likely to have failed first.
-
-    A rank with an error of its own comes first, then one that crashed or was killed; ranks
-    that lost contact with it, or that torchrun stopped (SIGTERM), come last.
-    """
-
-    def order(item):
-        rank, failure = item
-        message = _recorded_error(failure)
-        if failure.exitcode == -signal.SIGTERM:
-            level = 3
-        elif LOST_PEER in message:
-            level = 2
-        else:
-            level = 0 if message else 1
-        return (level, failure.timestamp, rank)
-
-    return min(failures.items(), key=order)
-
-
-def launch(argv):
-    """Runs torchrun with argv (its own arguments); a failed rank ends in one PyclsError line."""
-    from torch.distributed import run as torchrun
-    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-
-    try:
-        torchrun.run(torchrun.parse_args(argv))
-    except ChildFailedError as e:
-        rank, failure = _root_cause(e.failures)
-        error = PyclsError(_failure_text(rank, failure) + "; the job stopped")
-        error.exit_code = failure.exitcode if failure.exitcode > 0 else 1
-        raise error from None
-
-
-if __name__ == "__main__":
-    run_cli(lambda: launch(sys.argv[1:]))

@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import signal
 import sys
 import time
 
@@ -25,6 +26,13 @@ _TIMED_OUT = re.compile(r"timed out|timeout", re.IGNORECASE)
 _WAITED = re.compile(r"(\d+)\s*(ms|s|sec|seconds)\b")
 
 
+# Set by torchrun in the environment of each rank it starts
+_TORCHRUN_VAR = "TORCHELASTIC_RUN_ID"
+
+# Signals that stop a job (Ctrl-C, timeout, a scheduler's time limit)
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
 class PyclsError(Exception):
     """An error the user can fix (bad path, config, data, checkpoint, device)."""
 
@@ -32,15 +40,79 @@ class PyclsError(Exception):
     exit_code = 2
 
 
+class Stopped(BaseException):
+    """The job was stopped by a signal; message (or None) is the line that says how to resume."""
+
+    def __init__(self, signum, message=None):
+        super().__init__(signum, message)
+        self.signum, self.message = int(signum), message
+
+
+# The stop signals this process got, first first (empty while it runs)
+_stopped_by = []
+
+# The process that installed the stop handler (its forked children inherit the handler)
+_HANDLER_PID = [None]
+
+
+def _stop_handler(signum, frame):
+    """Raises Stopped in the main process on the first stop signal (later ones are ignored).
+
+    A forked child (a loader worker) inherits this handler: it dies of the signal instead."""
+    if os.getpid() != _HANDLER_PID[0]:
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+        return
+    _stopped_by.append(signum)
+    if len(_stopped_by) == 1:
+        # Loader workers die of the same signal: torch's SIGCHLD handler must not report that
+        # (a Python no-op, not SIG_DFL: CPython complains of a pending signal without handler)
+        signal.signal(signal.SIGCHLD, _ignore_signal)
+        raise Stopped(signum)
+
+
+def _ignore_signal(signum, frame):
+    """Does nothing (a signal handler)."""
+
+
+def catch_stop_signals():
+    """Makes SIGINT and SIGTERM raise Stopped (even where the parent shell ignored SIGINT)."""
+    _HANDLER_PID[0] = os.getpid()
+    for signum in _STOP_SIGNALS:
+        signal.signal(signum, _stop_handler)
+
+
 def run_cli(main):
-    """Runs a CLI entry point; a user error ends in one line on stderr and exit 2."""
+    """Runs a CLI entry point; a user error ends in one line on stderr and exit 2, a stop
+    signal (SIGINT/SIGTERM) in the line that says how to resume and exit 128 + signal."""
     from pycls.core.versions import check_versions
 
     too_old = check_versions()
     if too_old:
         _fail("error: {}".format(too_old), 2)
+    catch_stop_signals()
+    try:
+        _run_main(main)
+    except Stopped as e:
+        _stop(e)
+
+
+def _run_main(main):
+    """Runs main, turning what it raises into one line (a stop signal raises Stopped)."""
     try:
         main()
+    except Stopped:
+        raise
+    except BaseException as e:
+        if _stopped_by and not isinstance(e, SystemExit):
+            raise Stopped(_stopped_by[0]) from None  # a failure caused by the stop itself
+        _fail_on(e)
+
+
+def _fail_on(error):
+    """Ends the process with the one line of an error (re-raises what is not the user's)."""
+    try:
+        raise error
     except PyclsError as e:
         _fail("error: {}".format(e), e.exit_code)
     except ModuleNotFoundError as e:
@@ -48,7 +120,7 @@ def run_cli(main):
             _fail("error: the pycls package is not importable; pip install -e . first", 2)
         _fail("error: python package {} is missing; {}".format(e.name, _INSTALL_HINT), 2)
     except KeyboardInterrupt:
-        _fail("error: interrupted", 130)
+        raise Stopped(signal.SIGINT) from None
     except Exception as e:
         line = _timed_out(e)
         if line:
@@ -82,6 +154,39 @@ def _timed_out(error):
         fix += "or raise DIST.TIMEOUT"
     msg = "error: rank {} waited {} for {} ({}); {}"
     return msg.format(_rank(), waited, what, _first_line(error).rstrip("."), fix)
+
+
+def _stop(stopped):
+    """Ends a stopped process with exit 128 + signal: a rank of torchrun's quietly (its
+    launcher says it), a job's top process with the line that says how to resume."""
+    code = 128 + stopped.signum
+    if _TORCHRUN_VAR in os.environ:  # the launcher prints the job's one line
+        sys.stdout.flush()
+        os._exit(code)  # torchrun has signalled this rank's session: its workers end too
+    _end_children()
+    message = stopped.message
+    if message is None:
+        message = _stop_line(stopped.signum)
+    write_stderr_line(message)
+    sys.exit(code)
+
+
+def _end_children():
+    """Ends this process's multiprocessing children (loader workers) now, instead of after
+    the loaders' shutdown timeouts: a stopped job must be gone within seconds."""
+    mp = sys.modules.get("multiprocessing")
+    for child in mp.active_children() if mp is not None else []:
+        child.terminate()
+
+
+def _stop_line(signum):
+    """Returns the stop line of this CLI (its tool and OUT_DIR, when its config is loaded)."""
+    tool = os.path.splitext(os.path.basename(sys.argv[0]))[0]
+    config = sys.modules.get("pycls.core.config")
+    out_dir = config.cfg.OUT_DIR if config is not None else None
+    from pycls.core.launch import stop_line
+
+    return stop_line(signum, tool, out_dir)
 
 
 def _lost_peer(error):
