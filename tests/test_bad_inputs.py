@@ -716,7 +716,13 @@ ROWS = [
     row(
         "rendezvous_timeout",
         "rank 0 of 2 started alone (the other never joins), `DIST.TIMEOUT 2`",
-        train("DIST.TIMEOUT", "2", env={"RANK": "0", "WORLD_SIZE": "2", "MASTER_PORT": "0"}),
+        train(
+            "DIST.TIMEOUT",
+            "2",
+            "NUM_GPUS",
+            "2",
+            env={"RANK": "0", "WORLD_SIZE": "2", "MASTER_PORT": "0"},
+        ),
         r"error: rank 0 waited 2 s for the other processes to join the process group \(.*\); "
         r"start every rank with the same MASTER_ADDR, MASTER_PORT and WORLD_SIZE, or raise "
         r"DIST.TIMEOUT",
