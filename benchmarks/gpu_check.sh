@@ -71,9 +71,13 @@ kill -TERM "$job"
 start=$SECONDS
 wait "$job"
 status=$?
-sleep 1
-left=$(grep -l "PYCLS_GPU_CHECK_JOB=1" /proc/[0-9]*/environ 2>/dev/null | wc -l)
-echo "exit $status after $((SECONDS - start)) s; processes of the job left: $left"
+# every process of the job (tee, the loader's forkserver too) must be gone within 10 s
+for _ in $(seq 1 20); do
+    left=$(grep -l "PYCLS_GPU_CHECK_JOB=1" /proc/[0-9]*/environ 2>/dev/null | wc -l)
+    [ "$left" -eq 0 ] && break
+    sleep 0.5
+done
+echo "exit $status; all gone after $((SECONDS - start)) s; processes of the job left: $left"
 echo "last line: $(tail -n 1 "$stop_log")"
 results+=("SIGTERM stop: exit $status, $left processes left, last line: $(tail -n 1 "$stop_log")")
 
