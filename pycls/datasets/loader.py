@@ -56,6 +56,11 @@ _FORKSERVER_PRELOAD = ["__main__", "pycls.datasets.loader"]
 # Seconds between a worker's checks that its rank is alive (where pidfd_open is missing)
 _RANK_POLL_S = 1.0
 
+# Warning filter for multiprocessing's resource tracker, a process of its own: a rank that is
+# stopped (SIGTERM) leaves its loaders' semaphores to it, and its "leaked semaphore objects"
+# warnings would stand between the job's output and its one stop line
+_QUIET_TRACKER = "ignore:resource_tracker:UserWarning"
+
 
 class EpochSeeded:
     """Wraps a transform; in a worker it reseeds the RNGs when shuffle starts a new epoch."""
@@ -186,6 +191,9 @@ def mp_context():
         msg = "DATA_LOADER.MP_CONTEXT {} does not exist on this platform; choose one of {}"
         raise PyclsError(msg.format(method, ", ".join(["auto"] + available)))
     context = multiprocessing.get_context(method)
+    if method != "fork" and _QUIET_TRACKER not in sys.warnoptions:
+        # the tracker (started with the first worker) takes its -W options from these
+        sys.warnoptions.append(_QUIET_TRACKER)
     if method == "forkserver":
         context.set_forkserver_preload(_FORKSERVER_PRELOAD)
     return context
