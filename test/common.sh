@@ -130,6 +130,11 @@ launch() {
     mkdir -p "$(dirname "$log")" || die "cannot create $(dirname "$log"); check its permissions"
     open_run_log "$log" "$py"
     export PYTHONPATH="$REPO_DIR${PYTHONPATH:+:$PYTHONPATH}"
+    if [[ $case_name == *_8p ]]; then  # unset node facts from SLURM, all checked: core/slurm.py
+        local slurm_env
+        slurm_env=$("$py" -m pycls.core.slurm --nproc "$nproc" --log "$RUN_LOG_OUT") || exit 2
+        eval "$slurm_env"
+    fi
     local args=(--cfg "$cfg_file" --data_path "$data_path")
     [ -n "$device" ] && args+=(--device "$device")
     local nnodes=${NNODES:-1}

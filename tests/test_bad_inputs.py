@@ -93,6 +93,30 @@ def launcher(script, *args, env=None):
     return build
 
 
+# A two-node SLURM step as srun sets it for the task on node 1
+SLURM_STEP = {
+    "SLURM_JOB_ID": "4242",
+    "SLURM_NNODES": "2",
+    "SLURM_NODEID": "1",
+    "SLURM_JOB_NODELIST": "node[07-08]",
+}
+
+
+def slurm_launcher(changes, slurm=True):
+    """Returns a command builder of test/train_full_8p.sh in SLURM_STEP (or outside SLURM) with
+    changes to the environment (None removes a variable)."""
+
+    def build(ws):
+        argv, env = launcher("train_full_8p.sh", "--data_path=" + ws["data"], "--device=cpu")(ws)
+        env.update(SLURM_STEP if slurm else {})
+        env.update({k: v for k, v in changes.items() if v is not None})
+        # an empty value counts as unset (run_row can only add to its environment)
+        env.update({k: "" for k, v in changes.items() if v is None})
+        return argv, env
+
+    return build
+
+
 def wrapped_torchrun(*args, nproc=2):
     """Returns a command builder of `python -m pycls.core.launch` (torchrun, one line)."""
 
@@ -820,6 +844,44 @@ ROWS = [
         r"processes; pass NUM_GPUS 2 \(NUM_GPUS is the process count, as in pycls\); the job "
         r"stopped",
         slow=True,
+    ),
+    # ------------------- node facts of the 8p launchers (SLURM and by hand) ------------------- #
+    row(
+        "launcher_slurm_nodelist_unparsable",
+        "`srun bash test/train_full_8p.sh` with a node list neither scontrol nor the parser reads",
+        slurm_launcher({"SLURM_JOB_NODELIST": "node[07-08"}),
+        r"error: cannot read the SLURM node list 'node\[07-08': its brackets do not pair up; put "
+        r"scontrol on PATH or set MASTER_ADDR to the first node's address",
+    ),
+    row(
+        "launcher_slurm_nodeid_missing",
+        "`test/train_full_8p.sh` in a 2-node SLURM job but outside `srun` (no `SLURM_NODEID`)",
+        slurm_launcher({"SLURM_NODEID": None}),
+        r"error: SLURM_NODEID is not set but the job has 2 nodes \(SLURM_NNODES\); start one "
+        r"launcher per node with srun, or set NODE_RANK to this node's rank, 0\.\.1 \(NNODES=2, "
+        r"SLURM_NNODES\)",
+    ),
+    row(
+        "launcher_slurm_nodeid_too_big",
+        "`SLURM_NODEID=2` with `SLURM_NNODES=2`",
+        slurm_launcher({"SLURM_NODEID": "2"}),
+        r"error: SLURM_NODEID='2' is not 0\.\.1; start one launcher per node with srun "
+        r"--ntasks-per-node=1, or set NODE_RANK to this node's rank, 0\.\.1 \(NNODES=2, "
+        r"SLURM_NNODES\)",
+    ),
+    row(
+        "launcher_nnodes_not_integer",
+        "`NNODES=two bash test/train_full_8p.sh ...`",
+        slurm_launcher({"NNODES": "two"}, slurm=False),
+        r"error: NNODES='two' is not an integer >= 1; set NNODES to the number of nodes "
+        r"\(launchers\) of the job",
+    ),
+    row(
+        "launcher_node_rank_too_big",
+        "`NNODES=2 NODE_RANK=2 bash test/train_full_8p.sh ...`",
+        slurm_launcher({"NNODES": "2", "NODE_RANK": "2"}, slurm=False),
+        r"error: NODE_RANK='2' is not 0\.\.1; set NODE_RANK to this node's rank, 0\.\.1 "
+        r"\(NNODES=2, NNODES set\)",
     ),
 ]
 

@@ -1,0 +1,325 @@
+"""SLURM: the node facts of a multi-node launch, read from a SLURM allocation (torch-free).
+
+The 8p launchers in test/ run `python -m pycls.core.slurm --nproc N [--log FILE]` before they
+start anything and `eval` what it prints: shell assignments of NNODES, NODE_RANK, MASTER_ADDR,
+MASTER_PORT (exported) and the launcher's per-node process count `nproc`. Inside a SLURM job
+(SLURM_JOB_ID set) each value the user has not set comes from SLURM:
+
+- NNODES: SLURM_STEP_NUM_NODES, else SLURM_NNODES (srun sets both for its step);
+- NODE_RANK: SLURM_NODEID (0 on a one-node job);
+- MASTER_ADDR: the first host of SLURM_STEP_NODELIST / SLURM_NODELIST / SLURM_JOB_NODELIST,
+  expanded by `scontrol show hostnames` where scontrol is on PATH, else by `expand_nodelist`
+  (one node: 127.0.0.1, as outside SLURM);
+- MASTER_PORT: 20000 + SLURM_JOB_ID % 10000, so two jobs sharing a node do not collide;
+- processes per node: SLURM_GPUS_ON_NODE, SLURM_GPUS_PER_NODE, or the gpu/npu count in
+  SLURM_TRES_PER_NODE / SLURM_GRES, else the launcher's default.
+
+Explicit NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT and RANK_SIZE always win. One line says
+where each value came from (stderr and the run log). Outside SLURM nothing is printed but the
+explicit values are checked. A bad value ends in one line naming it and the fix, and exit 2.
+"""
+
+import argparse
+import itertools
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+
+from pycls.core.errors import PyclsError
+
+# Variables a user sets to place a node by hand (they win over SLURM's)
+EXPLICIT_VARS = ("NNODES", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT", "RANK_SIZE")
+
+# First port of the range MASTER_PORT is taken from under SLURM, and the range's size
+PORT_BASE, PORT_SPAN = 20000, 10000
+
+# Most host names a node list may expand to (a typo like node[1-99999999] must not hang)
+MAX_HOSTS = 65536
+
+# Seconds `scontrol show hostnames` may take before the parser is used instead
+SCONTROL_TIMEOUT_S = 20
+
+# Generic resources that count as one process each (in SLURM_TRES_PER_NODE / SLURM_GRES)
+DEVICE_GRES = ("gpu", "npu")
+
+# A host-name piece outside brackets, and one bracket group
+_LITERAL = re.compile(r"[A-Za-z0-9._-]*")
+_RANGE = re.compile(r"(\d+)(?:-(\d+))?$")
+
+
+class Fact:
+    """One launch value and where it came from."""
+
+    def __init__(self, value, source):
+        self.value, self.source = value, source
+
+
+def in_slurm(env):
+    """Tells whether env is that of a SLURM job."""
+    return bool(env.get("SLURM_JOB_ID"))
+
+
+def expand_nodelist(nodelist):
+    """Expands a SLURM node list (`node[01-03,07]`, `a1,b[2-3]`, `r[1-2]-n[1-2]`) into names."""
+    hosts = []
+    for item in _split_top_level(nodelist):
+        hosts.extend(_expand_item(item, nodelist))
+        if len(hosts) > MAX_HOSTS:
+            raise _bad_nodelist(nodelist, "it names more than {} hosts".format(MAX_HOSTS))
+    return hosts
+
+
+def _split_top_level(nodelist):
+    """Splits a node list at the commas outside brackets."""
+    items, depth, start = [], 0, 0
+    for i, ch in enumerate(nodelist):
+        depth += {"[": 1, "]": -1}.get(ch, 0)
+        if depth not in (0, 1):
+            raise _bad_nodelist(nodelist, "its brackets do not pair up")
+        if ch == "," and depth == 0:
+            items.append(nodelist[start:i])
+            start = i + 1
+    if depth:
+        raise _bad_nodelist(nodelist, "its brackets do not pair up")
+    items.append(nodelist[start:])
+    if not all(items):
+        raise _bad_nodelist(nodelist, "it has an empty entry")
+    return items
+
+
+def _expand_item(item, nodelist):
+    """Expands one entry (text and bracket groups) into its host names, in SLURM's order."""
+    parts, pos = [], 0
+    while pos < len(item):
+        literal = _LITERAL.match(item, pos).group()
+        if literal:
+            parts.append([literal])
+            pos += len(literal)
+        elif item[pos] == "[":
+            end = item.index("]", pos)
+            parts.append(_expand_ranges(item[pos + 1 : end], nodelist))
+            pos = end + 1
+        else:
+            raise _bad_nodelist(nodelist, "it holds {!r}".format(item[pos]))
+    return ["".join(p) for p in itertools.product(*parts)]
+
+
+def _expand_ranges(ranges, nodelist):
+    """Expands `01-03,7` into ['01', '02', '03', '7'], keeping each range's zero padding."""
+    numbers = []
+    for part in ranges.split(","):
+        match = _RANGE.match(part)
+        if not match:
+            raise _bad_nodelist(nodelist, "[{}] is not a list of numbers and ranges".format(ranges))
+        low, high = match.group(1), match.group(2) or match.group(1)
+        if int(high) < int(low):
+            raise _bad_nodelist(nodelist, "its range {} runs backwards".format(part))
+        if int(high) - int(low) >= MAX_HOSTS:
+            raise _bad_nodelist(nodelist, "it names more than {} hosts".format(MAX_HOSTS))
+        numbers.extend(str(n).zfill(len(low)) for n in range(int(low), int(high) + 1))
+    return numbers
+
+
+def _bad_nodelist(nodelist, why):
+    """Returns the error of a node list that cannot be read."""
+    msg = "cannot read the SLURM node list {!r}: {}; put scontrol on PATH or set MASTER_ADDR"
+    return PyclsError(msg.format(nodelist, why) + " to the first node's address")
+
+
+def first_host(nodelist):
+    """Returns the first host of a node list and how it was found (scontrol or the parser)."""
+    scontrol = shutil.which("scontrol")
+    if scontrol:
+        try:
+            out = subprocess.run(
+                [scontrol, "show", "hostnames", nodelist],
+                capture_output=True,
+                text=True,
+                timeout=SCONTROL_TIMEOUT_S,
+            )
+            hosts = out.stdout.split()
+            if out.returncode == 0 and hosts:
+                return hosts[0], "scontrol"
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+    return expand_nodelist(nodelist)[0], "parsed"
+
+
+def _int(env, name, low=0, high=None, fix=""):
+    """Returns env[name] as an int in [low, high), or raises one line naming it and the fix."""
+    text = env[name].strip()
+    if re.fullmatch(r"\d+", text) and int(text) >= low and (high is None or int(text) < high):
+        return int(text)
+    bound = "an integer >= {}".format(low) if high is None else "0..{}".format(high - 1)
+    raise PyclsError("{}={!r} is not {}; {}".format(name, env[name], bound, fix))
+
+
+def _first_set(env, names):
+    """Returns the first of names that env sets (non-empty), else None."""
+    return next((name for name in names if env.get(name, "").strip()), None)
+
+
+def node_count(env):
+    """Returns NNODES: the user's, else SLURM's node count of this step, else 1."""
+    fix = "set NNODES to the number of nodes (launchers) of the job"
+    if env.get("NNODES", "").strip():
+        return Fact(_int(env, "NNODES", 1, fix=fix), "NNODES set")
+    name = _first_set(env, ("SLURM_STEP_NUM_NODES", "SLURM_NNODES", "SLURM_JOB_NUM_NODES"))
+    if in_slurm(env) and name:
+        return Fact(_int(env, name, 1, fix=fix), name)
+    return Fact(1, "default")
+
+
+def node_rank(env, nnodes):
+    """Returns NODE_RANK: the user's, else SLURM_NODEID, else 0 (one node or outside SLURM)."""
+    fix = "set NODE_RANK to this node's rank, 0..{} (NNODES={}, {})"
+    fix = fix.format(nnodes.value - 1, nnodes.value, nnodes.source)
+    if nnodes.source == "default":
+        fix = "set NNODES to the number of nodes and NODE_RANK to this node's rank below it"
+    if env.get("NODE_RANK", "").strip():
+        return Fact(_int(env, "NODE_RANK", 0, nnodes.value, fix), "NODE_RANK set")
+    if not in_slurm(env) or nnodes.value == 1:
+        return Fact(0, "default")
+    if not env.get("SLURM_NODEID", "").strip():
+        msg = "SLURM_NODEID is not set but the job has {} nodes ({}); start one launcher per node"
+        raise PyclsError(msg.format(nnodes.value, nnodes.source) + " with srun, or " + fix)
+    fix = "start one launcher per node with srun --ntasks-per-node=1, or " + fix
+    return Fact(_int(env, "SLURM_NODEID", 0, nnodes.value, fix), "SLURM_NODEID")
+
+
+def master_addr(env, nnodes):
+    """Returns MASTER_ADDR: the user's, else the first host of SLURM's node list."""
+    if env.get("MASTER_ADDR", "").strip():
+        return Fact(env["MASTER_ADDR"].strip(), "MASTER_ADDR set")
+    if not in_slurm(env) or nnodes.value == 1:
+        return Fact("127.0.0.1", "default")
+    names = ("SLURM_STEP_NODELIST", "SLURM_NODELIST", "SLURM_JOB_NODELIST")
+    name = _first_set(env, names)
+    if not name:
+        msg = "the SLURM job has {} nodes but none of {} is set; set MASTER_ADDR to node 0's"
+        raise PyclsError(msg.format(nnodes.value, ", ".join(names)) + " address")
+    host, how = first_host(env[name].strip())
+    return Fact(host, "first host of {}, {}".format(name, how))
+
+
+def master_port(env):
+    """Returns MASTER_PORT: the user's, else one derived from SLURM_JOB_ID, else 29500."""
+    fix = "set MASTER_PORT to a free TCP port, e.g. MASTER_PORT=29500"
+    if env.get("MASTER_PORT", "").strip():
+        return Fact(_int(env, "MASTER_PORT", 1, 65536, fix), "MASTER_PORT set")
+    if not in_slurm(env):
+        return Fact(29500, "default")
+    job_id = _int(env, "SLURM_JOB_ID", 0, fix=fix)
+    source = "{} + SLURM_JOB_ID % {}".format(PORT_BASE, PORT_SPAN)
+    return Fact(PORT_BASE + job_id % PORT_SPAN, source)
+
+
+def procs_per_node(env, default):
+    """Returns the processes per node: RANK_SIZE, else SLURM's devices per node, else default."""
+    fix = "set RANK_SIZE to the number of processes (devices) per node"
+    if env.get("RANK_SIZE", "").strip():
+        return Fact(_int(env, "RANK_SIZE", 1, fix=fix), "RANK_SIZE set")
+    if in_slurm(env):
+        for name in ("SLURM_GPUS_ON_NODE", "SLURM_GPUS_PER_NODE"):
+            count = _last_count(env.get(name, ""))
+            if count:
+                return Fact(count, name)
+        for name in ("SLURM_TRES_PER_NODE", "SLURM_GRES"):
+            count = _gres_count(env.get(name, ""))
+            if count:
+                return Fact(count, name)
+    return Fact(default, "launcher default")
+
+
+def _last_count(text):
+    """Returns N of `N` or `type:N` (0 when text holds no such count)."""
+    count = text.strip().split(":")[-1]
+    return int(count) if count.isdigit() else 0
+
+
+def _gres_count(text):
+    """Returns the gpu/npu count of a gres list like `gres/npu:8` or `gpu:a100:4` (else 0)."""
+    for entry in text.split(","):
+        fields = re.sub(r"^gres[/:]", "", entry.strip()).split(":")
+        if fields[0] in DEVICE_GRES and len(fields) > 1:
+            return _last_count(fields[-1])
+    return 0
+
+
+def check_one_launcher_per_node(env):
+    """Raises when srun started more than one launcher on a node (they would share a rank)."""
+    if not in_slurm(env):
+        return
+    tasks, nodes = env.get("SLURM_STEP_NUM_TASKS", ""), env.get("SLURM_STEP_NUM_NODES", "")
+    if tasks.isdigit() and nodes.isdigit() and int(tasks) > int(nodes):
+        msg = "srun started {} launchers on {} nodes (SLURM_STEP_NUM_TASKS={}); a launcher starts"
+        msg += " all the processes of its node: use srun --ntasks-per-node=1"
+        raise PyclsError(msg.format(tasks, nodes, tasks))
+
+
+def launch_facts(env, default_nproc):
+    """Returns the launch values {name: Fact} of this node; raises one line on a bad value."""
+    check_one_launcher_per_node(env)
+    nnodes = node_count(env)
+    return {
+        "NNODES": nnodes,
+        "NODE_RANK": node_rank(env, nnodes),
+        "MASTER_ADDR": master_addr(env, nnodes),
+        "MASTER_PORT": master_port(env),
+        "nproc": procs_per_node(env, default_nproc),
+    }
+
+
+def shell_assignments(facts):
+    """Returns the shell lines that set the launch values (nproc as a plain variable)."""
+    lines = []
+    for name, fact in facts.items():
+        prefix = "" if name == "nproc" else "export "
+        lines.append("{}{}={}".format(prefix, name, shlex.quote(str(fact.value))))
+    return "\n".join(lines)
+
+
+def sources_line(env, facts):
+    """Returns the one line that says where each launch value came from."""
+    names = {"nproc": "processes per node"}
+    parts = []
+    for name, fact in facts.items():
+        parts.append("{}={} ({})".format(names.get(name, name), fact.value, fact.source))
+    return "SLURM job {}: {}".format(env["SLURM_JOB_ID"], ", ".join(parts))
+
+
+def _say(line, log):
+    """Writes a line on stderr and, when given, appends it to the run log."""
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+    if log:
+        try:
+            with open(log, "a") as f:
+                f.write(line + "\n")
+        except OSError:
+            pass
+
+
+def main(argv=None, env=None):
+    """Prints the launch values as shell assignments (exit 2 with one line on a bad value)."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--nproc", type=int, required=True, help="the launcher's default")
+    parser.add_argument("--log", default="", help="the run log to append the lines to")
+    args = parser.parse_args(argv)
+    env = os.environ if env is None else env
+    try:
+        facts = launch_facts(env, args.nproc)
+    except PyclsError as e:
+        _say("error: {}".format(e), args.log)
+        return 2
+    if in_slurm(env):
+        _say(sources_line(env, facts), args.log)
+        print(shell_assignments(facts))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,329 @@
+"""SLURM: node facts read from the environment set by hand, a stand-in scontrol on PATH, the
+node-list parser without scontrol, and the 8p/1p launchers passing the values to torchrun."""
+
+import os
+import stat
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO
+
+from pycls.core import slurm
+from pycls.core.errors import PyclsError
+
+# A two-node SLURM step as srun sets it for the task on the second node
+STEP = {
+    "SLURM_JOB_ID": "123456",
+    "SLURM_NNODES": "2",
+    "SLURM_NODEID": "1",
+    "SLURM_JOB_NODELIST": "node[07-08]",
+    "SLURM_GPUS_ON_NODE": "4",
+}
+
+# Launcher output of these tests goes under test/output/<this id>/ (removed after)
+DEVICE_ID = "94"
+
+
+def values(facts):
+    """Returns {name: value} of launch facts."""
+    return {name: fact.value for name, fact in facts.items()}
+
+
+@pytest.fixture(autouse=True)
+def no_scontrol(monkeypatch, tmp_path):
+    """Runs each test with a PATH that holds no scontrol (a test may put a stand-in first)."""
+    monkeypatch.setenv("PATH", os.pathsep.join([str(tmp_path / "bin"), "/usr/bin", "/bin"]))
+
+
+def stand_in_scontrol(tmp_path, script):
+    """Puts an executable scontrol with the given shell body first on PATH."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    path = bin_dir / "scontrol"
+    path.write_text("#!/bin/sh\n" + script)
+    path.chmod(path.stat().st_mode | stat.S_IEXEC)
+    return path
+
+
+@pytest.mark.parametrize(
+    "nodelist, hosts",
+    [
+        ("node[01-03,07]", ["node01", "node02", "node03", "node07"]),
+        ("a1,b[2-3]", ["a1", "b2", "b3"]),
+        ("gpu-[1-2]-x", ["gpu-1-x", "gpu-2-x"]),
+        ("n[8-11]", ["n8", "n9", "n10", "n11"]),
+        ("n[098-100]", ["n098", "n099", "n100"]),
+        ("r[1-2]-n[1-2]", ["r1-n1", "r1-n2", "r2-n1", "r2-n2"]),
+        ("host.example.com", ["host.example.com"]),
+        ("c[5],d_1", ["c5", "d_1"]),
+    ],
+)
+def test_expand_nodelist(nodelist, hosts):
+    assert slurm.expand_nodelist(nodelist) == hosts
+
+
+@pytest.mark.parametrize(
+    "nodelist, why",
+    [
+        ("n[1-2", "brackets do not pair up"),
+        ("n[1-2]]", "brackets do not pair up"),
+        ("n[[1-2]]", "brackets do not pair up"),
+        ("n[3-1]", "range 3-1 runs backwards"),
+        ("n[a-b]", r"\[a-b\] is not a list of numbers and ranges"),
+        ("n[]", r"\[\] is not a list"),
+        ("n1,,n2", "empty entry"),
+        ("n 1", "it holds ' '"),
+        ("n[1-99999999]", "more than 65536 hosts"),
+    ],
+)
+def test_expand_nodelist_rejects(nodelist, why):
+    with pytest.raises(PyclsError, match="cannot read the SLURM node list .*" + why) as e:
+        slurm.expand_nodelist(nodelist)
+    fix = "put scontrol on PATH or set MASTER_ADDR to the first node's address"
+    assert str(e.value).endswith(fix)
+
+
+def test_outside_slurm_nothing_changes():
+    facts = slurm.launch_facts({}, 8)
+    assert values(facts) == {
+        "NNODES": 1,
+        "NODE_RANK": 0,
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": 29500,
+        "nproc": 8,
+    }
+    # SLURM_* without SLURM_JOB_ID is not a SLURM job
+    env = {k: v for k, v in STEP.items() if k != "SLURM_JOB_ID"}
+    assert values(slurm.launch_facts(env, 8)) == values(facts)
+
+
+def test_slurm_step_gives_every_value():
+    facts = slurm.launch_facts(STEP, 8)
+    assert values(facts) == {
+        "NNODES": 2,
+        "NODE_RANK": 1,
+        "MASTER_ADDR": "node07",
+        "MASTER_PORT": 20000 + 123456 % 10000,
+        "nproc": 4,
+    }
+    line = slurm.sources_line(STEP, facts)
+    assert line == (
+        "SLURM job 123456: NNODES=2 (SLURM_NNODES), NODE_RANK=1 (SLURM_NODEID), "
+        "MASTER_ADDR=node07 (first host of SLURM_JOB_NODELIST, parsed), "
+        "MASTER_PORT=23456 (20000 + SLURM_JOB_ID % 10000), processes per node=4 "
+        "(SLURM_GPUS_ON_NODE)"
+    )
+
+
+def test_explicit_values_win():
+    env = dict(STEP, NNODES="3", NODE_RANK="2", MASTER_ADDR="10.0.0.9", MASTER_PORT="31000")
+    facts = slurm.launch_facts(dict(env, RANK_SIZE="2"), 8)
+    assert values(facts) == {
+        "NNODES": 3,
+        "NODE_RANK": 2,
+        "MASTER_ADDR": "10.0.0.9",
+        "MASTER_PORT": 31000,
+        "nproc": 2,
+    }
+    assert all(fact.source.endswith(" set") for fact in facts.values())
+
+
+def test_step_values_before_job_values():
+    env = dict(STEP, SLURM_STEP_NUM_NODES="1", SLURM_STEP_NODELIST="node08", SLURM_NODEID="0")
+    facts = slurm.launch_facts(env, 8)
+    # a one-node step: rank 0 on 127.0.0.1, as outside SLURM
+    assert values(facts)["NNODES"] == 1 and facts["NNODES"].source == "SLURM_STEP_NUM_NODES"
+    assert values(facts)["MASTER_ADDR"] == "127.0.0.1"
+    env.update(SLURM_STEP_NUM_NODES="2", SLURM_STEP_NODELIST="node[08-09]")
+    assert values(slurm.launch_facts(env, 8))["MASTER_ADDR"] == "node08"
+
+
+def test_one_node_job_needs_no_nodeid():
+    env = {"SLURM_JOB_ID": "7", "SLURM_NNODES": "1", "SLURM_JOB_NODELIST": "solo"}
+    assert values(slurm.launch_facts(env, 8))["NODE_RANK"] == 0
+
+
+@pytest.mark.parametrize(
+    "devices, nproc",
+    [
+        ({"SLURM_GPUS_ON_NODE": "8"}, 8),
+        ({"SLURM_GPUS_ON_NODE": "0", "SLURM_GPUS_PER_NODE": "a100:4"}, 4),
+        ({"SLURM_GPUS_PER_NODE": "2"}, 2),
+        ({"SLURM_TRES_PER_NODE": "gres/npu:8"}, 8),
+        ({"SLURM_TRES_PER_NODE": "gres/shard:2,gres/npu:910b:6"}, 6),
+        ({"SLURM_GRES": "npu:4"}, 4),
+        ({"SLURM_GRES": "bandwidth:lustre:4G"}, 8),
+        ({}, 8),
+    ],
+)
+def test_procs_per_node_from_devices(devices, nproc):
+    env = {"SLURM_JOB_ID": "1", **devices}
+    assert slurm.procs_per_node(env, 8).value == nproc
+
+
+@pytest.mark.parametrize(
+    "changes, error",
+    [
+        ({"SLURM_NODEID": None}, "SLURM_NODEID is not set but the job has 2 nodes"),
+        ({"SLURM_NODEID": "2"}, r"SLURM_NODEID='2' is not 0\.\.1; start one launcher per node"),
+        ({"SLURM_NNODES": "two"}, "SLURM_NNODES='two' is not an integer >= 1"),
+        ({"NNODES": "2x"}, "NNODES='2x' is not an integer >= 1; set NNODES to the number"),
+        ({"NODE_RANK": "-1"}, r"NODE_RANK='-1' is not 0\.\.1; set NODE_RANK to this node's rank"),
+        ({"NNODES": "2", "NODE_RANK": "2"}, r"NODE_RANK='2' is not 0\.\.1"),
+        ({"RANK_SIZE": "0"}, "RANK_SIZE='0' is not an integer >= 1"),
+        ({"MASTER_PORT": "70000"}, r"MASTER_PORT='70000' is not 0\.\.65535"),
+        ({"SLURM_JOB_NODELIST": "node[07-08"}, "cannot read the SLURM node list 'node\\[07-08'"),
+        ({"SLURM_JOB_NODELIST": None}, "none of SLURM_STEP_NODELIST, .* is set; set MASTER_ADDR"),
+        (
+            {"SLURM_STEP_NUM_TASKS": "4", "SLURM_STEP_NUM_NODES": "2"},
+            "srun started 4 launchers on 2 nodes .*use srun --ntasks-per-node=1",
+        ),
+    ],
+)
+def test_bad_values_name_the_variable_and_fix(changes, error):
+    env = dict(STEP, **{k: v for k, v in changes.items() if v is not None})
+    for name in [k for k, v in changes.items() if v is None]:
+        del env[name]
+    with pytest.raises(PyclsError, match=error):
+        slurm.launch_facts(env, 8)
+
+
+def test_bad_explicit_values_are_checked_outside_slurm():
+    error = r"NODE_RANK='1' is not 0\.\.0; set NNODES to the number of nodes and NODE_RANK"
+    with pytest.raises(PyclsError, match=error):
+        slurm.launch_facts({"NODE_RANK": "1"}, 8)
+
+
+def test_scontrol_expands_the_nodelist(tmp_path):
+    calls = tmp_path / "calls"
+    stand_in_scontrol(tmp_path, 'echo "$@" >> {}\necho alpha\necho beta\n'.format(calls))
+    env = dict(STEP, SLURM_JOB_NODELIST="weird{alpha,beta}")  # only scontrol can read it
+    facts = slurm.launch_facts(env, 8)
+    assert facts["MASTER_ADDR"].value == "alpha"
+    assert facts["MASTER_ADDR"].source == "first host of SLURM_JOB_NODELIST, scontrol"
+    assert calls.read_text() == "show hostnames weird{alpha,beta}\n"
+
+
+def test_failing_scontrol_falls_back_to_the_parser(tmp_path):
+    stand_in_scontrol(tmp_path, "echo 'slurm_load_ctl_conf error' >&2\nexit 1\n")
+    facts = slurm.launch_facts(STEP, 8)
+    assert facts["MASTER_ADDR"].value == "node07"
+    assert facts["MASTER_ADDR"].source.endswith(", parsed")
+
+
+def test_cli_prints_assignments_and_logs_sources(tmp_path, capsys):
+    log = tmp_path / "run.log"
+    assert slurm.main(["--nproc", "8", "--log", str(log)], env=dict(STEP)) == 0
+    out, err = capsys.readouterr()
+    assert out.splitlines() == [
+        "export NNODES=2",
+        "export NODE_RANK=1",
+        "export MASTER_ADDR=node07",
+        "export MASTER_PORT=23456",
+        "nproc=4",
+    ]
+    assert err.startswith("SLURM job 123456: NNODES=2 (SLURM_NNODES)")
+    assert log.read_text() == err
+
+
+def test_cli_bad_value_is_one_line_and_exit_2(tmp_path, capsys):
+    log = tmp_path / "run.log"
+    log.write_text("earlier line\n")
+    env = dict(STEP, SLURM_NODEID="5")
+    assert slurm.main(["--nproc", "8", "--log", str(log)], env=env) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and len(err.splitlines()) == 1 and err.startswith("error: SLURM_NODEID='5'")
+    assert log.read_text() == "earlier line\n" + err
+
+
+def test_cli_outside_slurm_prints_nothing(capsys):
+    assert slurm.main(["--nproc", "8"], env={"NNODES": "2", "NODE_RANK": "1"}) == 0
+    assert capsys.readouterr() == ("", "")
+
+
+# --------------------------- the launchers, stopped before torchrun --------------------------- #
+
+# A stand-in Python for the launchers: runs pycls.core.slurm for real, records any other command
+# line (the torchrun / train_net one and the final-result one) and succeeds without running it
+FAKE_PYTHON = """#!/bin/sh
+if [ "$1" = -m ] && [ "$2" = pycls.core.slurm ]; then exec {python} "$@"; fi
+echo "$@" >> {calls}
+"""
+
+
+def run_launcher(tmp_path, script, env):
+    """Runs bash test/<script> with the stand-in Python; returns (result, recorded commands)."""
+    calls = tmp_path / "calls"
+    fake = tmp_path / "python"
+    fake.write_text(FAKE_PYTHON.format(python=sys.executable, calls=calls))
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    full_env = {k: v for k, v in os.environ.items() if k not in slurm.EXPLICIT_VARS}
+    full_env = {k: v for k, v in full_env.items() if not k.startswith("SLURM_")}
+    full_env.update(env, PYTHON=str(fake), ASCEND_DEVICE_ID=DEVICE_ID)
+    argv = ["bash", os.path.join(REPO, "test", script), "--data_path=" + str(tmp_path)]
+    result = subprocess.run(
+        argv + ["--device=cpu"],
+        env=full_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    recorded = calls.read_text().splitlines() if calls.exists() else []
+    return result, recorded
+
+
+@pytest.fixture
+def launcher_output():
+    """Removes test/output/DEVICE_ID after a launcher test (unless it was there before)."""
+    output = os.path.join(REPO, "test", "output", DEVICE_ID)
+    existed = os.path.exists(output)
+    yield os.path.join(output, "train_full_8p.log")
+    if not existed:
+        subprocess.run(["rm", "-rf", output], check=False)
+
+
+def test_8p_launcher_passes_slurm_values_to_torchrun(tmp_path, launcher_output):
+    stand_in_scontrol(tmp_path, "echo n-a\necho n-b\n")
+    result, recorded = run_launcher(tmp_path, "train_full_8p.sh", STEP)
+    assert result.returncode == 0, result.stderr
+    torchrun = recorded[0].split()
+    assert torchrun[:2] == ["-m", "pycls.core.launch"]
+    for arg in (
+        "--nproc_per_node=4",
+        "--nnodes=2",
+        "--node_rank=1",
+        "--master_addr=n-a",
+        "--master_port=23456",
+    ):
+        assert arg in torchrun, recorded[0]
+    assert torchrun[-2:] == ["NUM_GPUS", "8"]
+    source = "SLURM job 123456: NNODES=2 (SLURM_NNODES), NODE_RANK=1 (SLURM_NODEID), "
+    source += "MASTER_ADDR=n-a (first host of SLURM_JOB_NODELIST, scontrol)"
+    assert source in result.stderr
+    with open(launcher_output) as f:
+        assert source in f.read()
+
+
+def test_8p_launcher_explicit_values_win(tmp_path, launcher_output):
+    env = dict(STEP, NNODES="1", MASTER_PORT="31001", RANK_SIZE="1")
+    result, recorded = run_launcher(tmp_path, "train_full_8p.sh", env)
+    assert result.returncode == 0, result.stderr
+    # one node and one process: the launcher runs the tool itself, on no torchrun port
+    assert recorded[0].split()[0].endswith("train_net.py")
+    assert "NNODES=1 (NNODES set)" in result.stderr
+    assert "MASTER_PORT=31001 (MASTER_PORT set)" in result.stderr
+
+
+def test_8p_launcher_bad_slurm_value_stops_before_anything_starts(tmp_path, launcher_output):
+    result, recorded = run_launcher(tmp_path, "train_full_8p.sh", dict(STEP, SLURM_NODEID="2"))
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[-1].startswith("error: SLURM_NODEID='2' is not 0..1")
+    assert recorded == []
+
+
+def test_1p_launcher_ignores_slurm(tmp_path, launcher_output):
+    result, recorded = run_launcher(tmp_path, "train_full_1p.sh", dict(STEP, SLURM_NODEID="9"))
+    assert result.returncode == 0, result.stderr
+    assert recorded[0].split()[0].endswith("train_net.py") and "--device_id" in recorded[0]
+    assert "SLURM job" not in result.stderr
