@@ -2,6 +2,7 @@
 node-list parser without scontrol, and the 8p/1p launchers passing the values to torchrun."""
 
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -327,3 +328,16 @@ def test_1p_launcher_ignores_slurm(tmp_path, launcher_output):
     assert result.returncode == 0, result.stderr
     assert recorded[0].split()[0].endswith("train_net.py") and "--device_id" in recorded[0]
     assert "SLURM job" not in result.stderr
+
+
+@pytest.mark.skipif(
+    not shutil.which("taskset") or len(os.sched_getaffinity(0)) < 2, reason="needs taskset, 2 cores"
+)
+def test_ranks_are_bound_within_the_cores_the_launcher_may_use():
+    # as in a SLURM job's cpuset: the launcher may use only its last core, which is not core 0
+    last = str(max(os.sched_getaffinity(0)))
+    script = os.path.join(REPO, "test", "bind_cores.sh")
+    cmd = ["taskset", "-c", last, "bash", script, "grep", "Cpus_allowed_list", "/proc/self/status"]
+    env = dict(os.environ, LOCAL_RANK="0", LOCAL_WORLD_SIZE="1")
+    out = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, text=True, check=True).stdout
+    assert out.split() == ["Cpus_allowed_list:", last]
