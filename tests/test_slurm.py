@@ -1,5 +1,6 @@
 """SLURM: node facts read from the environment set by hand, a stand-in scontrol on PATH, the
-node-list parser without scontrol, and the 8p/1p launchers passing the values to torchrun."""
+node-list parser without scontrol, the 8p/1p launchers passing the values to torchrun (a
+stand-in Python stops them there), the sbatch example (a stand-in srun) and core binding."""
 
 import os
 import shutil
@@ -37,11 +38,11 @@ def no_scontrol(monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", os.pathsep.join([str(tmp_path / "bin"), "/usr/bin", "/bin"]))
 
 
-def stand_in_scontrol(tmp_path, script):
-    """Puts an executable scontrol with the given shell body first on PATH."""
+def stand_in(tmp_path, name, script):
+    """Puts an executable command name (scontrol, srun) with a shell body first on PATH."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
-    path = bin_dir / "scontrol"
+    path = bin_dir / name
     path.write_text("#!/bin/sh\n" + script)
     path.chmod(path.stat().st_mode | stat.S_IEXEC)
     return path
@@ -198,7 +199,7 @@ def test_bad_explicit_values_are_checked_outside_slurm():
 
 def test_scontrol_expands_the_nodelist(tmp_path):
     calls = tmp_path / "calls"
-    stand_in_scontrol(tmp_path, 'echo "$@" >> {}\necho alpha\necho beta\n'.format(calls))
+    stand_in(tmp_path, "scontrol", 'echo "$@" >> {}\necho alpha\necho beta\n'.format(calls))
     env = dict(STEP, SLURM_JOB_NODELIST="weird{alpha,beta}")  # only scontrol can read it
     facts = slurm.launch_facts(env, 8)
     assert facts["MASTER_ADDR"].value == "alpha"
@@ -207,7 +208,7 @@ def test_scontrol_expands_the_nodelist(tmp_path):
 
 
 def test_failing_scontrol_falls_back_to_the_parser(tmp_path):
-    stand_in_scontrol(tmp_path, "echo 'slurm_load_ctl_conf error' >&2\nexit 1\n")
+    stand_in(tmp_path, "scontrol", "echo 'slurm_load_ctl_conf error' >&2\nexit 1\n")
     facts = slurm.launch_facts(STEP, 8)
     assert facts["MASTER_ADDR"].value == "node07"
     assert facts["MASTER_ADDR"].source.endswith(", parsed")
@@ -285,7 +286,7 @@ def launcher_output():
 
 
 def test_8p_launcher_passes_slurm_values_to_torchrun(tmp_path, launcher_output):
-    stand_in_scontrol(tmp_path, "echo n-a\necho n-b\n")
+    stand_in(tmp_path, "scontrol", "echo n-a\necho n-b\n")
     result, recorded = run_launcher(tmp_path, "train_full_8p.sh", STEP)
     assert result.returncode == 0, result.stderr
     torchrun = recorded[0].split()
@@ -341,3 +342,17 @@ def test_ranks_are_bound_within_the_cores_the_launcher_may_use():
     env = dict(os.environ, LOCAL_RANK="0", LOCAL_WORLD_SIZE="1")
     out = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, text=True, check=True).stdout
     assert out.split() == ["Cpus_allowed_list:", last]
+
+
+def test_sbatch_example_runs_one_launcher_per_node(tmp_path):
+    sbatch = os.path.join(REPO, "test", "slurm_train_full_8p.sbatch")
+    with open(sbatch) as f:
+        options = [line.split()[1] for line in f if line.startswith("#SBATCH ")]
+    assert {"--nodes=2", "--ntasks-per-node=1", "--gres=gpu:8"} <= set(options)
+    calls = tmp_path / "calls"
+    stand_in(tmp_path, "srun", 'echo "$PWD $*" > {}\n'.format(calls))
+    env = dict(os.environ, SLURM_SUBMIT_DIR=REPO)
+    subprocess.run(["bash", sbatch, "--data_path=/d", "OUT_DIR", "/o"], env=env, check=True)
+    cwd, *argv = calls.read_text().split()
+    assert cwd == REPO and "--ntasks-per-node=1" in argv
+    assert argv[-5:] == ["bash", "test/train_full_8p.sh", "--data_path=/d", "OUT_DIR", "/o"]
