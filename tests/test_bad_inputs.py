@@ -99,6 +99,9 @@ SLURM_STEP = {
     "SLURM_NNODES": "2",
     "SLURM_NODEID": "1",
     "SLURM_JOB_NODELIST": "node[07-08]",
+    "SLURM_STEP_NUM_NODES": "2",
+    "SLURM_STEP_NUM_TASKS": "2",
+    "SLURM_STEP_NODELIST": "node[07-08]",
 }
 
 
@@ -849,25 +852,26 @@ ROWS = [
     row(
         "launcher_slurm_nodelist_unparsable",
         "`srun bash test/train_full_8p.sh` with a node list neither scontrol nor the parser reads",
-        slurm_launcher({"SLURM_JOB_NODELIST": "node[07-08"}),
+        slurm_launcher({"SLURM_STEP_NODELIST": "node[07-08"}),
         r"error: cannot read the SLURM node list 'node\[07-08': its brackets do not pair up; put "
         r"scontrol on PATH or set MASTER_ADDR to the first node's address",
     ),
     row(
-        "launcher_slurm_nodeid_missing",
-        "`test/train_full_8p.sh` in a 2-node SLURM job but outside `srun` (no `SLURM_NODEID`)",
-        slurm_launcher({"SLURM_NODEID": None}),
-        r"error: SLURM_NODEID is not set but the job has 2 nodes \(SLURM_NNODES\); start one "
-        r"launcher per node with srun, or set NODE_RANK to this node's rank, 0\.\.1 \(NNODES=2, "
+        "launcher_slurm_outside_srun",
+        "`test/train_full_8p.sh` in the batch script of a 2-node SLURM job, not through `srun`",
+        slurm_launcher({n: None for n in SLURM_STEP if n.startswith("SLURM_STEP_")}),
+        r"error: SLURM_STEP_NUM_NODES is not set: this launcher runs in a 2-node SLURM job "
+        r"\(SLURM_NNODES\) but not in an srun step; start one launcher per node with srun "
+        r"--ntasks-per-node=1, or set NODE_RANK to this node's rank, 0\.\.1 \(NNODES=2, "
         r"SLURM_NNODES\)",
     ),
     row(
         "launcher_slurm_nodeid_too_big",
-        "`SLURM_NODEID=2` with `SLURM_NNODES=2`",
+        "`SLURM_NODEID=2` in a 2-node `srun` step",
         slurm_launcher({"SLURM_NODEID": "2"}),
         r"error: SLURM_NODEID='2' is not 0\.\.1; start one launcher per node with srun "
         r"--ntasks-per-node=1, or set NODE_RANK to this node's rank, 0\.\.1 \(NNODES=2, "
-        r"SLURM_NNODES\)",
+        r"SLURM_STEP_NUM_NODES\)",
     ),
     row(
         "launcher_nnodes_not_integer",

@@ -14,14 +14,24 @@ from conftest import REPO
 from pycls.core import slurm
 from pycls.core.errors import PyclsError
 
-# A two-node SLURM step as srun sets it for the task on the second node
-STEP = {
+# A two-node job's batch script (the job's variables only)
+BATCH = {
     "SLURM_JOB_ID": "123456",
     "SLURM_NNODES": "2",
-    "SLURM_NODEID": "1",
+    "SLURM_JOB_NUM_NODES": "2",
+    "SLURM_NODEID": "0",
     "SLURM_JOB_NODELIST": "node[07-08]",
     "SLURM_GPUS_ON_NODE": "4",
 }
+
+# The task on the second node of `srun --ntasks-per-node=1` in that job
+STEP = dict(
+    BATCH,
+    SLURM_NODEID="1",
+    SLURM_STEP_NUM_NODES="2",
+    SLURM_STEP_NUM_TASKS="2",
+    SLURM_STEP_NODELIST="node[07-08]",
+)
 
 # Launcher output of these tests goes under test/output/<this id>/ (removed after)
 DEVICE_ID = "94"
@@ -111,8 +121,8 @@ def test_slurm_step_gives_every_value():
     }
     line = slurm.sources_line(STEP, facts)
     assert line == (
-        "SLURM job 123456: NNODES=2 (SLURM_NNODES), NODE_RANK=1 (SLURM_NODEID), "
-        "MASTER_ADDR=node07 (first host of SLURM_JOB_NODELIST, parsed), "
+        "SLURM job 123456: NNODES=2 (SLURM_STEP_NUM_NODES), NODE_RANK=1 (SLURM_NODEID), "
+        "MASTER_ADDR=node07 (first host of SLURM_STEP_NODELIST, parsed), "
         "MASTER_PORT=23456 (20000 + SLURM_JOB_ID % 10000), processes per node=4 "
         "(SLURM_GPUS_ON_NODE)"
     )
@@ -133,6 +143,7 @@ def test_explicit_values_win():
 
 def test_step_values_before_job_values():
     env = dict(STEP, SLURM_STEP_NUM_NODES="1", SLURM_STEP_NODELIST="node08", SLURM_NODEID="0")
+    env.update(SLURM_STEP_NUM_TASKS="1")
     facts = slurm.launch_facts(env, 8)
     # a one-node step: rank 0 on 127.0.0.1, as outside SLURM
     assert values(facts)["NNODES"] == 1 and facts["NNODES"].source == "SLURM_STEP_NUM_NODES"
@@ -167,16 +178,19 @@ def test_procs_per_node_from_devices(devices, nproc):
 @pytest.mark.parametrize(
     "changes, error",
     [
-        ({"SLURM_NODEID": None}, "SLURM_NODEID is not set but the job has 2 nodes"),
+        ({"SLURM_NODEID": None}, "SLURM_NODEID is not set: this launcher runs in a 2-node"),
         ({"SLURM_NODEID": "2"}, r"SLURM_NODEID='2' is not 0\.\.1; start one launcher per node"),
-        ({"SLURM_NNODES": "two"}, "SLURM_NNODES='two' is not an integer >= 1"),
+        ({"SLURM_STEP_NUM_NODES": "two"}, "SLURM_STEP_NUM_NODES='two' is not an integer >= 1"),
         ({"NNODES": "2x"}, "NNODES='2x' is not an integer >= 1; set NNODES to the number"),
         ({"NODE_RANK": "-1"}, r"NODE_RANK='-1' is not 0\.\.1; set NODE_RANK to this node's rank"),
         ({"NNODES": "2", "NODE_RANK": "2"}, r"NODE_RANK='2' is not 0\.\.1"),
         ({"RANK_SIZE": "0"}, "RANK_SIZE='0' is not an integer >= 1"),
         ({"MASTER_PORT": "70000"}, r"MASTER_PORT='70000' is not 0\.\.65535"),
-        ({"SLURM_JOB_NODELIST": "node[07-08"}, "cannot read the SLURM node list 'node\\[07-08'"),
-        ({"SLURM_JOB_NODELIST": None}, "none of SLURM_STEP_NODELIST, .* is set; set MASTER_ADDR"),
+        ({"SLURM_STEP_NODELIST": "n[07-08"}, "cannot read the SLURM node list 'n\\[07-08'"),
+        (
+            {"SLURM_STEP_NODELIST": None, "SLURM_JOB_NODELIST": None},
+            "none of SLURM_STEP_NODELIST, .* is set; set MASTER_ADDR",
+        ),
         (
             {"SLURM_STEP_NUM_TASKS": "4", "SLURM_STEP_NUM_NODES": "2"},
             "srun started 4 launchers on 2 nodes .*use srun --ntasks-per-node=1",
@@ -191,6 +205,17 @@ def test_bad_values_name_the_variable_and_fix(changes, error):
         slurm.launch_facts(env, 8)
 
 
+def test_a_multi_node_job_outside_srun_is_refused():
+    # the batch script itself: only node 0 would start, and wait for the others
+    error = "SLURM_STEP_NUM_NODES is not set: this launcher runs in a 2-node SLURM job "
+    error += r"\(SLURM_NNODES\) but not in an srun step; start one launcher per node with srun"
+    with pytest.raises(PyclsError, match=error):
+        slurm.launch_facts(BATCH, 8)
+    # unless the user places the node: explicit values win
+    facts = slurm.launch_facts(dict(BATCH, NODE_RANK="0"), 8)
+    assert values(facts)["NODE_RANK"] == 0 and values(facts)["MASTER_ADDR"] == "node07"
+
+
 def test_bad_explicit_values_are_checked_outside_slurm():
     error = r"NODE_RANK='1' is not 0\.\.0; set NNODES to the number of nodes and NODE_RANK"
     with pytest.raises(PyclsError, match=error):
@@ -200,10 +225,10 @@ def test_bad_explicit_values_are_checked_outside_slurm():
 def test_scontrol_expands_the_nodelist(tmp_path):
     calls = tmp_path / "calls"
     stand_in(tmp_path, "scontrol", 'echo "$@" >> {}\necho alpha\necho beta\n'.format(calls))
-    env = dict(STEP, SLURM_JOB_NODELIST="weird{alpha,beta}")  # only scontrol can read it
+    env = dict(STEP, SLURM_STEP_NODELIST="weird{alpha,beta}")  # only scontrol can read it
     facts = slurm.launch_facts(env, 8)
     assert facts["MASTER_ADDR"].value == "alpha"
-    assert facts["MASTER_ADDR"].source == "first host of SLURM_JOB_NODELIST, scontrol"
+    assert facts["MASTER_ADDR"].source == "first host of SLURM_STEP_NODELIST, scontrol"
     assert calls.read_text() == "show hostnames weird{alpha,beta}\n"
 
 
@@ -225,7 +250,7 @@ def test_cli_prints_assignments_and_logs_sources(tmp_path, capsys):
         "export MASTER_PORT=23456",
         "nproc=4",
     ]
-    assert err.startswith("SLURM job 123456: NNODES=2 (SLURM_NNODES)")
+    assert err.startswith("SLURM job 123456: NNODES=2 (SLURM_STEP_NUM_NODES)")
     assert log.read_text() == err
 
 
@@ -300,8 +325,8 @@ def test_8p_launcher_passes_slurm_values_to_torchrun(tmp_path, launcher_output):
     ):
         assert arg in torchrun, recorded[0]
     assert torchrun[-2:] == ["NUM_GPUS", "8"]
-    source = "SLURM job 123456: NNODES=2 (SLURM_NNODES), NODE_RANK=1 (SLURM_NODEID), "
-    source += "MASTER_ADDR=n-a (first host of SLURM_JOB_NODELIST, scontrol)"
+    source = "SLURM job 123456: NNODES=2 (SLURM_STEP_NUM_NODES), NODE_RANK=1 (SLURM_NODEID), "
+    source += "MASTER_ADDR=n-a (first host of SLURM_STEP_NODELIST, scontrol)"
     assert source in result.stderr
     with open(launcher_output) as f:
         assert source in f.read()

@@ -6,7 +6,8 @@ MASTER_PORT (exported) and the launcher's per-node process count `nproc`. Inside
 (SLURM_JOB_ID set) each value the user has not set comes from SLURM:
 
 - NNODES: SLURM_STEP_NUM_NODES, else SLURM_NNODES (srun sets both for its step);
-- NODE_RANK: SLURM_NODEID (0 on a one-node job);
+- NODE_RANK: SLURM_NODEID of the srun step (0 on a one-node job; a multi-node job outside an
+  srun step is refused: its launcher would wait for nodes that never start);
 - MASTER_ADDR: the first host of SLURM_STEP_NODELIST / SLURM_NODELIST / SLURM_JOB_NODELIST,
   expanded by `scontrol show hostnames` where scontrol is on PATH, else by `expand_nodelist`
   (one node: 127.0.0.1, as outside SLURM);
@@ -183,10 +184,14 @@ def node_rank(env, nnodes):
         return Fact(_int(env, "NODE_RANK", 0, nnodes.value, fix), "NODE_RANK set")
     if not in_slurm(env) or nnodes.value == 1:
         return Fact(0, "default")
-    if not env.get("SLURM_NODEID", "").strip():
-        msg = "SLURM_NODEID is not set but the job has {} nodes ({}); start one launcher per node"
-        raise PyclsError(msg.format(nnodes.value, nnodes.source) + " with srun, or " + fix)
     fix = "start one launcher per node with srun --ntasks-per-node=1, or " + fix
+    # srun sets both for its tasks; a batch script or an salloc shell has neither (or only the
+    # job's SLURM_NODEID 0), and a launcher started there alone would wait for the other nodes
+    for name in ("SLURM_STEP_NUM_NODES", "SLURM_NODEID"):
+        if not env.get(name, "").strip():
+            msg = "{} is not set: this launcher runs in a {}-node SLURM job ({}) but not in an"
+            msg += " srun step; "
+            raise PyclsError(msg.format(name, nnodes.value, nnodes.source) + fix)
     return Fact(_int(env, "SLURM_NODEID", 0, nnodes.value, fix), "SLURM_NODEID")
 
 
