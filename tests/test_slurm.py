@@ -381,3 +381,10 @@ def test_sbatch_example_runs_one_launcher_per_node(tmp_path):
     cwd, *argv = calls.read_text().split()
     assert cwd == REPO and "--ntasks-per-node=1" in argv
     assert argv[-5:] == ["bash", "test/train_full_8p.sh", "--data_path=/d", "OUT_DIR", "/o"]
+
+
+def test_slurm_module_is_torch_free():
+    # the launchers run it before every 8p job: it must start fast and work without torch
+    code = "import sys, pycls.core.slurm; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert out.stdout.strip() == "False"

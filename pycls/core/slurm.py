@@ -5,7 +5,7 @@ start anything and `eval` what it prints: shell assignments of NNODES, NODE_RANK
 MASTER_PORT (exported) and the launcher's per-node process count `nproc`. Inside a SLURM job
 (SLURM_JOB_ID set) each value the user has not set comes from SLURM:
 
-- NNODES: SLURM_STEP_NUM_NODES, else SLURM_NNODES (srun sets both for its step);
+- NNODES: SLURM_STEP_NUM_NODES (the srun step's), else SLURM_NNODES / SLURM_JOB_NUM_NODES;
 - NODE_RANK: SLURM_NODEID of the srun step (0 on a one-node job; a multi-node job outside an
   srun step is refused: its launcher would wait for nodes that never start);
 - MASTER_ADDR: the first host of SLURM_STEP_NODELIST / SLURM_NODELIST / SLURM_JOB_NODELIST,
@@ -46,7 +46,7 @@ SCONTROL_TIMEOUT_S = 20
 # Generic resources that count as one process each (in SLURM_TRES_PER_NODE / SLURM_GRES)
 DEVICE_GRES = ("gpu", "npu")
 
-# A host-name piece outside brackets, and one bracket group
+# A host-name piece outside brackets, and one number or range inside them (`07`, `01-03`)
 _LITERAL = re.compile(r"[A-Za-z0-9._-]*")
 _RANGE = re.compile(r"(\d+)(?:-(\d+))?$")
 
