@@ -10,7 +10,7 @@ import time
 
 import pytest
 import torch
-import torch.distributed as dist
+import torch.distributed as torch_dist
 from _data_utils import make_image_folder, write_bad_file
 from torch.utils.data.distributed import DistributedSampler
 
@@ -268,14 +268,14 @@ def test_synthetic_default_length_is_imagenet_sized():
 
 def test_rank_and_world_size_come_from_torch_distributed(data, tmp_path):
     init = "file://" + str(tmp_path / "store")
-    dist.init_process_group("gloo", init_method=init, rank=0, world_size=1)
+    torch_dist.init_process_group("gloo", init_method=init, rank=0, world_size=1)
     try:
         assert loader._rank_and_world_size(None, None) == (0, 1)
         assert loader._rank_and_world_size(3, 4) == (3, 4)
         dl = loader.construct_train_loader()
         assert dl.batch_size == 4 and dl.sampler.__class__.__name__ == "RandomSampler"
     finally:
-        dist.destroy_process_group()
+        torch_dist.destroy_process_group()
 
 
 @pytest.mark.parametrize("order", ["bgr", "rgb", None])

@@ -25,10 +25,11 @@ import time
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch.utils.data import DataLoader, RandomSampler
 from torch.utils.data.distributed import DistributedSampler
 
+import pycls.core.device as devices
+import pycls.core.distributed as dist
 from pycls.core.config import cfg
 from pycls.core.errors import PyclsError
 from pycls.datasets import synthetic, transforms
@@ -261,12 +262,9 @@ def _is_alive(pid):
 
 
 def _rank_and_world_size(rank, world_size):
-    """Returns (rank, world size): as given, else from torch.distributed, else (0, 1)."""
-    initialised = dist.is_available() and dist.is_initialized()
-    if rank is None:
-        rank = dist.get_rank() if initialised else 0
-    if world_size is None:
-        world_size = dist.get_world_size() if initialised else 1
+    """Returns (rank, world size): as given, else this process's (pycls.core.distributed)."""
+    rank = dist.get_rank() if rank is None else rank
+    world_size = dist.get_world_size() if world_size is None else world_size
     return rank, world_size
 
 
@@ -282,15 +280,6 @@ def _num_workers():
         logger.warning(msg, wanted, cpus, cpus)
         return cpus
     return wanted
-
-
-def _has_accelerator(device):
-    """Says whether batches go to an accelerator (cuda or npu), so pinning memory pays."""
-    if device is None:
-        npu = getattr(torch, "npu", None)
-        return torch.cuda.is_available() or bool(npu is not None and npu.is_available())
-    kind = device.split(":")[0] if isinstance(device, str) else device.type
-    return kind in ("cuda", "gpu", "npu")
 
 
 def _per_process_batch(key, batch_size, world_size):
@@ -374,7 +363,7 @@ def _construct_loader(train, device, rank, world_size):
         batch_size=batch_size,
         sampler=sampler,
         num_workers=num_workers,
-        pin_memory=cfg.DATA_LOADER.PIN_MEMORY and _has_accelerator(device),
+        pin_memory=devices.pin_memory(device),
         drop_last=train,
         persistent_workers=num_workers > 0,
         worker_init_fn=_WorkerInit(),
