@@ -67,6 +67,36 @@ def test_train_and_test_batches(data):
     assert torch.cat([y for _, y in test]).tolist() == [0, 0, 0, 1, 1, 1]  # in order
 
 
+def test_each_split_is_checked_and_listed_once_for_both_loaders(data, monkeypatch):
+    from pycls.datasets import imagenet
+
+    calls = []
+    for name in ("split_path", "find_classes"):
+        real = getattr(imagenet, name)
+
+        def spy(*args, _real=real, _name=name):
+            calls.append((_name, os.path.basename(args[-1])))  # the split's name
+            return _real(*args)
+
+        monkeypatch.setattr(imagenet, name, spy)
+    once = [(f, s) for f in ("find_classes", "split_path") for s in ("train", "val")]
+    train, test = loader.construct_loaders(device="cpu")
+    assert sorted(calls) == once
+    assert (train.dataset.split, train.dataset.classes, len(train.dataset)) == (
+        "train",
+        ["a", "b"],
+        11,
+    )
+    assert (test.dataset.split, test.dataset.classes, len(test.dataset)) == ("val", ["a", "b"], 6)
+    assert test.dataset.root == str(data / "val") and not train.pin_memory
+    del calls[:]
+    assert len(loader.construct_test_loader(device="cpu").dataset) == 6  # alone: each once too
+    assert sorted(calls) == once
+    os.rename(data / "val" / "b", data / "val" / "c")
+    msg = "the classes of {0}/train and {0}/val differ (only in train: b; only in val: c)"
+    assert msg.format(data) in _error_of(lambda: loader.construct_loaders(device="cpu"))
+
+
 def test_dataset_name_must_be_known(data):
     cfg.TRAIN.DATASET = "cifar10"
     with pytest.raises(

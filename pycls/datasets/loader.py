@@ -33,7 +33,7 @@ import pycls.core.distributed as dist
 from pycls.core.config import cfg
 from pycls.core.errors import PyclsError
 from pycls.datasets import synthetic, transforms
-from pycls.datasets.imagenet import ImageNet, check_same_classes, split_path
+from pycls.datasets.imagenet import ImageNet, list_classes
 
 logger = logging.getLogger(__name__)
 
@@ -310,17 +310,15 @@ def _check_num_classes(dataset):
         )
 
 
-def _construct_dataset(name, key, split, other_split, train, num_workers):
-    """Builds the dataset named by TRAIN.DATASET / TEST.DATASET."""
+def _construct_dataset(name, key, split, other_split, train, num_workers, listed):
+    """Builds the dataset named by TRAIN.DATASET / TEST.DATASET (listed: see list_classes)."""
     if name == "synthetic":
         im_size, num_classes = cfg.TRAIN.IM_SIZE, cfg.MODEL.NUM_CLASSES
         return synthetic.Synthetic(_synthetic_length(train), im_size, num_classes, cfg.RNG_SEED)
     if name != "imagenet":
         raise PyclsError("{} is {!r}; choose one of {}".format(key, name, ", ".join(DATASETS)))
     data_path = cfg.DATA_LOADER.DATA_PATH
-    split_path(data_path, split)
-    if other_split != split and os.path.isdir(os.path.join(data_path, other_split)):
-        check_same_classes(data_path, split, other_split)
+    listed = list_classes(data_path, split, other_split, listed)
     if train:
         transform = transforms.train_transform(
             cfg.TRAIN.IM_SIZE, cfg.TRAIN.AUGMENT, cfg.TRAIN.PCA_STD, cfg.TRAIN.CROP_SCALE,
@@ -330,12 +328,12 @@ def _construct_dataset(name, key, split, other_split, train, num_workers):
     else:
         order = cfg.INPUT.CHANNEL_ORDER
         transform = transforms.test_transform(cfg.TEST.IM_SIZE, cfg.TRAIN.IM_SIZE, order)
-    dataset = ImageNet(data_path, split, transform, num_workers)
+    dataset = ImageNet(data_path, split, transform, num_workers, listed[split])
     _check_num_classes(dataset)
     return dataset
 
 
-def _construct_loader(train, device, rank, world_size):
+def _construct_loader(train, device, rank, world_size, listed=None):
     """Builds the train or test loader of this process from cfg."""
     rank, world_size = _rank_and_world_size(rank, world_size)
     sec, other = (cfg.TRAIN, cfg.TEST) if train else (cfg.TEST, cfg.TRAIN)
@@ -344,7 +342,7 @@ def _construct_loader(train, device, rank, world_size):
     batch_size = _per_process_batch(key_batch, sec.BATCH_SIZE, world_size)
     num_workers = _num_workers()
     dataset = _construct_dataset(
-        sec.DATASET, key_dataset, sec.SPLIT, other.SPLIT, train, num_workers
+        sec.DATASET, key_dataset, sec.SPLIT, other.SPLIT, train, num_workers, listed
     )
     seed = cfg.RNG_SEED + rank
     sampler = None
@@ -386,6 +384,13 @@ def construct_train_loader(device=None, rank=None, world_size=None):
 def construct_test_loader(device=None, rank=None, world_size=None):
     """Builds the test loader (in order, every sample kept)."""
     return _construct_loader(False, device, rank, world_size)
+
+
+def construct_loaders(device=None, rank=None, world_size=None):
+    """Builds the train and test loaders; each split folder is checked and listed once."""
+    listed = {}
+    train_loader = _construct_loader(True, device, rank, world_size, listed)
+    return train_loader, _construct_loader(False, device, rank, world_size, listed)
 
 
 def shuffle(loader, cur_epoch):
