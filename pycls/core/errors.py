@@ -26,7 +26,9 @@ _TIMED_OUT = re.compile(r"timed out|timeout", re.IGNORECASE)
 _WAITED = re.compile(r"(\d+)\s*(ms|s|sec|seconds)\b")
 
 
-# Set by torchrun in the environment of each rank it starts
+# Set by torchrun in the environment of each rank it starts. distributed.py reads it too; this
+# torch-free copy serves a rank stopped before distributed is imported (this module must load
+# without torch: run_cli checks torch's version before anything imports it)
 _TORCHRUN_VAR = "TORCHELASTIC_RUN_ID"
 
 # Signals that stop a job (Ctrl-C, timeout, a scheduler's time limit)
