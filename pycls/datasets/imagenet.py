@@ -180,10 +180,12 @@ def check_same_classes(data_path, split, other_split, listed=None):
     """Raises a PyclsError naming the differing classes when two splits' classes differ
     (listed maps a split to its class names where they are read already)."""
     listed = {} if listed is None else listed
+
+    def classes(name):
+        return listed[name] if name in listed else find_classes(split_path(data_path, name))
+
     first, second = sorted((split, other_split))
-    ours = set(listed[first] if first in listed else find_classes(split_path(data_path, first)))
-    theirs = listed[second] if second in listed else find_classes(split_path(data_path, second))
-    theirs = set(theirs)
+    ours, theirs = set(classes(first)), set(classes(second))
     if ours != theirs:
         only = []
         for name, names in ((first, ours - theirs), (second, theirs - ours)):
