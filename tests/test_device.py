@@ -157,6 +157,23 @@ def test_cpu_helpers():
     assert 10 < device.max_memory_mb(cpu) < 1024**2
 
 
+def test_device_type_reads_devices_and_names():
+    names = ["gpu", "cuda:1", "npu", "npu:3", "cpu", torch.device("cuda", 2)]
+    assert [device.device_type(d) for d in names] == ["cuda", "cuda", "npu", "npu", "cpu", "cuda"]
+    assert [device.has_accelerator(d) for d in ("gpu", "npu:0", "cpu")] == [True, True, False]
+
+
+def test_pinning_needs_the_config_key_and_an_accelerator(monkeypatch, no_cuda):
+    assert device.pin_memory("npu") and device.pin_memory(torch.device("cuda"))
+    assert not device.pin_memory("cpu") and not device.pin_memory(torch.device("cpu"))
+    npu_stub.uninstall(monkeypatch)
+    assert not device.accelerator_available() and not device.pin_memory()
+    npu_stub.install(monkeypatch)  # torch_npu loaded, an npu seen: batches may go there
+    assert device.accelerator_available() and device.pin_memory()
+    cfg.DATA_LOADER.PIN_MEMORY = False
+    assert not device.pin_memory() and not device.pin_memory("cuda:0")
+
+
 def test_stub_is_gone_after_tests():
     # monkeypatch undid the stubs of the tests above: later test files see no npu device
     npu = getattr(torch, "npu", None)

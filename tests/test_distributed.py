@@ -70,6 +70,20 @@ def test_single_process(clean_env):
     du.cleanup()
 
 
+def test_the_error_line_takes_its_rank_from_this_module(clean_env, monkeypatch, tmp_path):
+    from pycls.core import errors
+
+    monkeypatch.setenv("RANK", "7")  # a leftover: the process group's rank wins
+    assert errors._rank() == "7"
+    init = "file://" + str(tmp_path / "store")
+    du.torch_dist.init_process_group("gloo", init_method=init, rank=0, world_size=1)
+    try:
+        assert du.is_initialized() and errors._rank() == 0 == du.get_rank()
+    finally:
+        du.cleanup()
+    assert not du.is_initialized() and errors._rank() == "7"
+
+
 def test_torchrun_env(clean_env, monkeypatch):
     monkeypatch.setenv("RANK", "5")
     monkeypatch.setenv("WORLD_SIZE", "8")
@@ -105,8 +119,8 @@ def test_bad_placement(clean_env, monkeypatch, env, rank_id):
 
 def test_init_defaults_rendezvous(clean_env, monkeypatch):
     calls = []
-    monkeypatch.setattr(du.dist, "is_initialized", lambda: False)
-    monkeypatch.setattr(du.dist, "init_process_group", lambda *a, **k: calls.append((a, k)))
+    monkeypatch.setattr(du.torch_dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(du.torch_dist, "init_process_group", lambda *a, **k: calls.append((a, k)))
     monkeypatch.setenv("RANK_SIZE", "4")
     du.init("cpu", rank_id=2)
     timeout = datetime.timedelta(seconds=1800)  # DIST.TIMEOUT's default

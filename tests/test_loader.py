@@ -10,7 +10,7 @@ import time
 
 import pytest
 import torch
-import torch.distributed as dist
+import torch.distributed as torch_dist
 from _data_utils import make_image_folder, write_bad_file
 from torch.utils.data.distributed import DistributedSampler
 
@@ -65,6 +65,36 @@ def test_train_and_test_batches(data):
     test = _batches(loader.construct_test_loader(device="cpu"))
     assert [x.shape[0] for x, _ in test] == [4, 2]  # nothing dropped
     assert torch.cat([y for _, y in test]).tolist() == [0, 0, 0, 1, 1, 1]  # in order
+
+
+def test_each_split_is_checked_and_listed_once_for_both_loaders(data, monkeypatch):
+    from pycls.datasets import imagenet
+
+    calls = []
+    for name in ("split_path", "find_classes"):
+        real = getattr(imagenet, name)
+
+        def spy(*args, _real=real, _name=name):
+            calls.append((_name, os.path.basename(args[-1])))  # the split's name
+            return _real(*args)
+
+        monkeypatch.setattr(imagenet, name, spy)
+    once = [(f, s) for f in ("find_classes", "split_path") for s in ("train", "val")]
+    train, test = loader.construct_loaders(device="cpu")
+    assert sorted(calls) == once
+    assert (train.dataset.split, train.dataset.classes, len(train.dataset)) == (
+        "train",
+        ["a", "b"],
+        11,
+    )
+    assert (test.dataset.split, test.dataset.classes, len(test.dataset)) == ("val", ["a", "b"], 6)
+    assert test.dataset.root == str(data / "val") and not train.pin_memory
+    del calls[:]
+    assert len(loader.construct_test_loader(device="cpu").dataset) == 6  # alone: each once too
+    assert sorted(calls) == once
+    os.rename(data / "val" / "b", data / "val" / "c")
+    msg = "the classes of {0}/train and {0}/val differ (only in train: b; only in val: c)"
+    assert msg.format(data) in _error_of(lambda: loader.construct_loaders(device="cpu"))
 
 
 def test_dataset_name_must_be_known(data):
@@ -268,14 +298,14 @@ def test_synthetic_default_length_is_imagenet_sized():
 
 def test_rank_and_world_size_come_from_torch_distributed(data, tmp_path):
     init = "file://" + str(tmp_path / "store")
-    dist.init_process_group("gloo", init_method=init, rank=0, world_size=1)
+    torch_dist.init_process_group("gloo", init_method=init, rank=0, world_size=1)
     try:
         assert loader._rank_and_world_size(None, None) == (0, 1)
         assert loader._rank_and_world_size(3, 4) == (3, 4)
         dl = loader.construct_train_loader()
         assert dl.batch_size == 4 and dl.sampler.__class__.__name__ == "RandomSampler"
     finally:
-        dist.destroy_process_group()
+        torch_dist.destroy_process_group()
 
 
 @pytest.mark.parametrize("order", ["bgr", "rgb", None])

@@ -794,9 +794,9 @@ def test_the_launcher_blames_the_rank_that_failed_first():
 
 
 def test_a_torchrun_restart_uses_keys_of_its_own(monkeypatch):
-    calls = []
-    monkeypatch.setattr(distributed.dist, "TCPStore", lambda *a, **k: calls.append((a, k)) or "s")
-    monkeypatch.setattr(distributed.dist, "PrefixStore", lambda prefix, store: (prefix, store))
+    calls, torch_dist = [], distributed.torch_dist
+    monkeypatch.setattr(torch_dist, "TCPStore", lambda *a, **k: calls.append((a, k)) or "s")
+    monkeypatch.setattr(torch_dist, "PrefixStore", lambda prefix, store: (prefix, store))
     monkeypatch.setenv("MASTER_ADDR", "10.0.0.1")
     monkeypatch.setenv("MASTER_PORT", "29500")
     monkeypatch.setenv("TORCHELASTIC_USE_AGENT_STORE", "True")

@@ -77,7 +77,7 @@ def choose_backend(device):
     if wanted == "apex" and not apex_fits:
         msg = "AMP.BACKEND apex needs a cuda or npu device and float16, not {} with DTYPE {}: "
         msg += "set AMP.BACKEND native"
-        raise PyclsError(msg.format(torch.device(device).type, cfg.AMP.DTYPE))
+        raise PyclsError(msg.format(dev.device_type(device), cfg.AMP.DTYPE))
     return "apex" if amp is not None and apex_fits else "native"
 
 
@@ -106,7 +106,7 @@ class Amp:
             return model, optimizer
         kwargs = {"opt_level": self.opt_level, "loss_scale": self.loss_scale or "dynamic"}
         params = inspect.signature(self._apex.initialize).parameters
-        if self.device.type == "npu" and "combine_grad" in params:
+        if dev.device_type(self.device) == "npu" and "combine_grad" in params:
             kwargs["combine_grad"] = True
         if optimizer is None:  # evaluation: apex then returns the model alone
             return self._apex.initialize(model, **kwargs), None

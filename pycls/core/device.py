@@ -83,40 +83,64 @@ def resolve(name="auto"):
 
 def _module(device):
     """Returns the torch module of an accelerator device (torch.cuda, torch.npu)."""
-    return getattr(torch, torch.device(device).type)
+    return getattr(torch, device_type(device))
+
+
+def device_type(device):
+    """Returns the type ("cpu", "cuda", "npu") of a torch.device, or of a device string such as
+    "cuda:1", "npu" or the CLI's "gpu" (torch parses "npu" only once torch_npu is loaded)."""
+    if isinstance(device, str):
+        kind = device.split(":")[0].lower()
+        return _NAMES.get(kind, kind)
+    return device.type if hasattr(device, "type") else torch.device(device).type
 
 
 def has_accelerator(device):
     """Tells whether a device is an accelerator (anything but the cpu)."""
-    return torch.device(device).type != "cpu"
+    return device_type(device) != "cpu"
 
 
-def _set_deterministic(device_type):
+def accelerator_available():
+    """Tells whether this process sees a cuda or npu device (npu only where torch_npu is
+    already loaded: unlike resolve, this probe never imports it)."""
+    npu = getattr(torch, "npu", None)
+    return torch.cuda.is_available() or bool(npu is not None and npu.is_available())
+
+
+def pin_memory(device=None):
+    """Tells whether a loader pins its batches: DATA_LOADER.PIN_MEMORY, and the batches go to
+    an accelerator (device None: any accelerator this process sees), where pinning pays."""
+    if not cfg.DATA_LOADER.PIN_MEMORY:
+        return False
+    return accelerator_available() if device is None else has_accelerator(device)
+
+
+def _set_deterministic(kind):
     """Makes runs repeatable: deterministic algorithms, no cudnn autotuning."""
     # warn_only: some accelerator kernels (e.g. the adaptive pooling backward on cuda) have no
     # deterministic version; they warn instead of stopping the run. CPU runs repeat exactly.
     torch.use_deterministic_algorithms(True, warn_only=True)
-    if device_type == "cuda":
+    if kind == "cuda":
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.backends.cudnn.deterministic = True
 
 
 def setup(name="auto", local_rank=0):
     """Resolves a device name, makes the local_rank-th device current and returns it."""
-    device_type = resolve(name)
-    if device_type == "cpu":
+    kind = resolve(name)
+    if kind == "cpu":
         device = torch.device("cpu")
     else:
-        count = _module(device_type).device_count()
+        count = _module(kind).device_count()
         if not 0 <= local_rank < count:
             msg = "local rank {} has no {} device: {} visible; start at most {} processes per node"
-            raise PyclsError(msg.format(local_rank, device_type, count, count))
-        device = torch.device(device_type, local_rank)
+            raise PyclsError(msg.format(local_rank, kind, count, count))
+        device = torch.device(kind, local_rank)
         _module(device).set_device(device)
-    if device_type == "cuda":
+    if kind == "cuda":
         torch.backends.cudnn.benchmark = cfg.CUDNN.BENCHMARK and not cfg.DETERMINISTIC
     if cfg.DETERMINISTIC:
-        _set_deterministic(device_type)
+        _set_deterministic(kind)
     return device
 
 
@@ -143,15 +167,15 @@ def reset_peak_memory(device):
 
 def dist_backend(device):
     """Returns the process group backend of a device: gloo (cpu), nccl (cuda), hccl (npu)."""
-    device_type = torch.device(device).type
-    if device_type not in _DIST_BACKENDS:
-        raise PyclsError("no process group backend for device {}".format(device_type))
-    return _DIST_BACKENDS[device_type]
+    kind = device_type(device)
+    if kind not in _DIST_BACKENDS:
+        raise PyclsError("no process group backend for device {}".format(kind))
+    return _DIST_BACKENDS[kind]
 
 
 def autocast_device_type(device):
     """Returns the device_type argument of torch.autocast / torch.amp.GradScaler."""
-    return torch.device(device).type
+    return device_type(device)
 
 
 def map_location(device):
@@ -168,5 +192,5 @@ def memory_format(device):
     """
     choice = cfg.MODEL.MEMORY_FORMAT
     if choice == "auto":
-        choice = "contiguous" if device.type == "npu" else "channels_last"
+        choice = "contiguous" if device_type(device) == "npu" else "channels_last"
     return torch.channels_last if choice == "channels_last" else torch.contiguous_format

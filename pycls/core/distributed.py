@@ -17,7 +17,7 @@ import time
 import warnings
 
 import torch
-import torch.distributed as dist
+import torch.distributed as torch_dist
 
 from pycls.core import device as dev
 from pycls.core.config import cfg
@@ -70,7 +70,7 @@ def init(device_name="auto", rank_id=None, device_id=None):
     device = dev.setup(device_name, local_rank)
     if _TORCHRUN_VAR in os.environ:
         _exit_with_launcher(rank)
-    if world_size > 1 and not dist.is_initialized():
+    if world_size > 1 and not torch_dist.is_initialized():
         os.environ.setdefault("MASTER_ADDR", _MASTER_ADDR)
         os.environ.setdefault("MASTER_PORT", _MASTER_PORT)
         backend = dev.dist_backend(device)
@@ -80,9 +80,9 @@ def init(device_name="auto", rank_id=None, device_id=None):
         store = _restart_store(world_size, timeout)
         kwargs = {"rank": rank, "world_size": world_size, "timeout": timeout}
         if store is None:
-            dist.init_process_group(backend, init_method="env://", **kwargs)
+            torch_dist.init_process_group(backend, init_method="env://", **kwargs)
         else:
-            dist.init_process_group(backend, store=store, **kwargs)
+            torch_dist.init_process_group(backend, store=store, **kwargs)
     return device
 
 
@@ -97,8 +97,8 @@ def _restart_store(world_size, timeout=None):
         return None
     addr, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
     kwargs = {"is_master": False} if timeout is None else {"is_master": False, "timeout": timeout}
-    client = dist.TCPStore(addr, port, world_size, **kwargs)
-    return dist.PrefixStore("pycls_restart_{}".format(restart), client)
+    client = torch_dist.TCPStore(addr, port, world_size, **kwargs)
+    return torch_dist.PrefixStore("pycls_restart_{}".format(restart), client)
 
 
 def _exit_with_launcher(rank):
@@ -117,17 +117,17 @@ def _exit_with_launcher(rank):
 
 def is_initialized():
     """Tells whether a process group is up."""
-    return dist.is_available() and dist.is_initialized()
+    return torch_dist.is_available() and torch_dist.is_initialized()
 
 
 def get_rank():
     """Returns this process's rank (0 without a process group)."""
-    return dist.get_rank() if is_initialized() else 0
+    return torch_dist.get_rank() if is_initialized() else 0
 
 
 def get_world_size():
     """Returns the number of processes (1 without a process group)."""
-    return dist.get_world_size() if is_initialized() else 1
+    return torch_dist.get_world_size() if is_initialized() else 1
 
 
 def is_main_proc():
@@ -140,7 +140,7 @@ def scaled_all_reduce(tensors):
     world_size = get_world_size()
     if world_size == 1:
         return tensors
-    works = [dist.all_reduce(t, async_op=True) for t in tensors]
+    works = [torch_dist.all_reduce(t, async_op=True) for t in tensors]
     for work in works:
         work.wait()
     for t in tensors:
@@ -151,7 +151,7 @@ def scaled_all_reduce(tensors):
 def all_reduce_sum(tensor):
     """Sums a tensor over all processes in place and returns it."""
     if get_world_size() > 1:
-        dist.all_reduce(tensor)
+        torch_dist.all_reduce(tensor)
     return tensor
 
 
@@ -170,10 +170,10 @@ def wrap_model(model, device):
 def barrier():
     """Waits for every process (a no-op without a process group)."""
     if is_initialized():
-        dist.barrier()
+        torch_dist.barrier()
 
 
 def cleanup():
     """Leaves and destroys the process group, if one is up."""
     if is_initialized():
-        dist.destroy_process_group()
+        torch_dist.destroy_process_group()

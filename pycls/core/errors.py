@@ -26,7 +26,9 @@ _TIMED_OUT = re.compile(r"timed out|timeout", re.IGNORECASE)
 _WAITED = re.compile(r"(\d+)\s*(ms|s|sec|seconds)\b")
 
 
-# Set by torchrun in the environment of each rank it starts
+# Set by torchrun in the environment of each rank it starts. distributed.py reads it too; this
+# torch-free copy serves a rank stopped before distributed is imported (this module must load
+# without torch: run_cli checks torch's version before anything imports it)
 _TORCHRUN_VAR = "TORCHELASTIC_RUN_ID"
 
 # Signals that stop a job (Ctrl-C, timeout, a scheduler's time limit)
@@ -143,8 +145,7 @@ def _timed_out(error):
     elif found:
         seconds = int(found.group(1)) / (1000.0 if found.group(2) == "ms" else 1.0)
         waited = "{:g} s".format(seconds)
-    dist = sys.modules.get("torch.distributed")
-    if dist is not None and dist.is_available() and dist.is_initialized():
+    if _process_group() is not None:
         what = "another process in a collective (all_reduce, barrier or DDP's gradient sync)"
         fix = "another rank is stuck or failed (its own line says why); if it is only slow, "
         fix += "raise DIST.TIMEOUT"
@@ -191,19 +192,30 @@ def _stop_line(signum):
 
 def _lost_peer(error):
     """Tells whether an error means that another process of a distributed job went away."""
-    dist = sys.modules.get("torch.distributed")
-    dist_error = getattr(dist, "DistError", None) if dist is not None else None
+    torch_dist = sys.modules.get("torch.distributed")
+    dist_error = getattr(torch_dist, "DistError", None) if torch_dist is not None else None
     if dist_error is not None and isinstance(error, dist_error):
         return True
     return isinstance(error, RuntimeError) and any(s in str(error) for s in _PEER_LOST)
 
 
+def _process_group():
+    """Returns pycls.core.distributed (the one home of rank and world size) when its process
+    group is up, else None.
+
+    Looked up in sys.modules, never imported: this module must import without torch (run_cli
+    checks torch's version before anything imports it, and distributed imports this module),
+    and where distributed is not loaded no process group of the job is up.
+    """
+    dist = sys.modules.get("pycls.core.distributed")
+    is_up = getattr(dist, "is_initialized", None)
+    return dist if is_up is not None and is_up() else None
+
+
 def _rank():
     """Returns this process's rank in its distributed job (or "?")."""
-    dist = sys.modules.get("torch.distributed")
-    if dist is not None and dist.is_available() and dist.is_initialized():
-        return dist.get_rank()
-    return os.environ.get("RANK", "?")
+    dist = _process_group()
+    return dist.get_rank() if dist is not None else os.environ.get("RANK", "?")
 
 
 def _first_line(error):

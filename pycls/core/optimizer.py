@@ -5,6 +5,7 @@ import math
 
 import torch
 
+import pycls.core.device as devices
 from pycls.core.config import cfg
 from pycls.core.errors import PyclsError
 
@@ -43,8 +44,8 @@ def _device_type(model, device):
     """Returns the type of the device the optimizer steps on (the model's unless given)."""
     if device is None:
         param = next(model.parameters(), None)
-        return param.device.type if param is not None else "cpu"
-    return device.type if hasattr(device, "type") else torch.device(device).type
+        device = param.device if param is not None else "cpu"
+    return devices.device_type(device)
 
 
 def _npu_fused_sgd():

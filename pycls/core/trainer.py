@@ -232,8 +232,7 @@ def train_model(rank_id=None, device_id=None):
     """Trains the model, evaluating and checkpointing after every epoch."""
     device = setup_env(rank_id, device_id)
     # Inputs first (data, splits, classes, weights files), then OUT_DIR and its checkpoints
-    train_loader = data_loader.construct_train_loader(device)
-    test_loader = data_loader.construct_test_loader(device)
+    train_loader, test_loader = data_loader.construct_loaders(device)
     if not (cfg.TRAIN.AUTO_RESUME and cp.has_checkpoint()):
         check_weights_files()
     resume_path = cp.find_resume_checkpoint() if cfg.TRAIN.AUTO_RESUME else None
@@ -311,8 +310,7 @@ def time_model(rank_id=None, device_id=None):
     loss_fun = builders.build_loss_fun().to(device)
     amp = Amp(device)
     model, _ = amp.prepare(model, None)
-    train_loader = data_loader.construct_train_loader(device)
-    test_loader = data_loader.construct_test_loader(device)
+    train_loader, test_loader = data_loader.construct_loaders(device)
     setup_out_dir()
     benchmark.compute_time_full(model, loss_fun, train_loader, test_loader, device, amp)
     dist.cleanup()

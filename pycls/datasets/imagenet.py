@@ -176,11 +176,16 @@ def find_classes(path):
     return classes
 
 
-def check_same_classes(data_path, split, other_split):
-    """Raises a PyclsError naming the differing classes when two splits' classes differ."""
+def check_same_classes(data_path, split, other_split, listed=None):
+    """Raises a PyclsError naming the differing classes when two splits' classes differ
+    (listed maps a split to its class names where they are read already)."""
+    listed = {} if listed is None else listed
+
+    def classes(name):
+        return listed[name] if name in listed else find_classes(split_path(data_path, name))
+
     first, second = sorted((split, other_split))
-    ours = set(find_classes(split_path(data_path, first)))
-    theirs = set(find_classes(split_path(data_path, second)))
+    ours, theirs = set(classes(first)), set(classes(second))
     if ours != theirs:
         only = []
         for name, names in ((first, ours - theirs), (second, theirs - ours)):
@@ -188,6 +193,25 @@ def check_same_classes(data_path, split, other_split):
                 only.append("only in {}: {}".format(name, _names(names)))
         msg = "the classes of {}/{} and {}/{} differ ({}); give both splits the same class folders"
         raise PyclsError(msg.format(data_path, first, data_path, second, "; ".join(only)))
+
+
+def list_classes(data_path, split, other_split=None, listed=None):
+    """Returns `listed` (a dict, filled here) mapping DATA_PATH/split and, where its folder
+    exists, DATA_PATH/other_split to their class names; raises a PyclsError when a folder is
+    missing or the two differ. Each split folder is checked and read once: a split already in
+    `listed` (the other loader's) is taken from there."""
+    listed = {} if listed is None else listed
+    roots = {} if split in listed else {split: split_path(data_path, split)}
+    names = [split]
+    if other_split not in (None, split):
+        if other_split in listed or os.path.isdir(os.path.join(data_path, other_split)):
+            names.append(other_split)
+    for name in sorted(names):
+        if name not in listed:
+            listed[name] = find_classes(roots.get(name) or split_path(data_path, name))
+    if len(names) == 2:
+        check_same_classes(data_path, split, other_split, listed)
+    return listed
 
 
 def _is_image(name):
@@ -314,10 +338,13 @@ class BadFiles:
 class ImageNet(torch.utils.data.Dataset):
     """Images of DATA_PATH/<split>/<class>/ with the class index as label."""
 
-    def __init__(self, data_path, split, transform, num_workers=0):
-        self.root = split_path(data_path, split)
+    def __init__(self, data_path, split, transform, num_workers=0, classes=None):
+        if classes is None:
+            self.root = split_path(data_path, split)
+            self.classes = find_classes(self.root)
+        else:  # the split's folder is checked and its classes read already (list_classes)
+            self.root, self.classes = os.path.join(data_path, split), list(classes)
         self.split = split
-        self.classes = find_classes(self.root)
         self.transform = transform
         paths, labels, empty = [], [], []
         folders = [os.path.join(self.root, name) for name in self.classes]

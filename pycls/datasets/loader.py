@@ -25,14 +25,15 @@ import time
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch.utils.data import DataLoader, RandomSampler
 from torch.utils.data.distributed import DistributedSampler
 
+import pycls.core.device as devices
+import pycls.core.distributed as dist
 from pycls.core.config import cfg
 from pycls.core.errors import PyclsError
 from pycls.datasets import synthetic, transforms
-from pycls.datasets.imagenet import ImageNet, check_same_classes, split_path
+from pycls.datasets.imagenet import ImageNet, list_classes
 
 logger = logging.getLogger(__name__)
 
@@ -261,12 +262,9 @@ def _is_alive(pid):
 
 
 def _rank_and_world_size(rank, world_size):
-    """Returns (rank, world size): as given, else from torch.distributed, else (0, 1)."""
-    initialised = dist.is_available() and dist.is_initialized()
-    if rank is None:
-        rank = dist.get_rank() if initialised else 0
-    if world_size is None:
-        world_size = dist.get_world_size() if initialised else 1
+    """Returns (rank, world size): as given, else this process's (pycls.core.distributed)."""
+    rank = dist.get_rank() if rank is None else rank
+    world_size = dist.get_world_size() if world_size is None else world_size
     return rank, world_size
 
 
@@ -282,15 +280,6 @@ def _num_workers():
         logger.warning(msg, wanted, cpus, cpus)
         return cpus
     return wanted
-
-
-def _has_accelerator(device):
-    """Says whether batches go to an accelerator (cuda or npu), so pinning memory pays."""
-    if device is None:
-        npu = getattr(torch, "npu", None)
-        return torch.cuda.is_available() or bool(npu is not None and npu.is_available())
-    kind = device.split(":")[0] if isinstance(device, str) else device.type
-    return kind in ("cuda", "gpu", "npu")
 
 
 def _per_process_batch(key, batch_size, world_size):
@@ -321,17 +310,15 @@ def _check_num_classes(dataset):
         )
 
 
-def _construct_dataset(name, key, split, other_split, train, num_workers):
-    """Builds the dataset named by TRAIN.DATASET / TEST.DATASET."""
+def _construct_dataset(name, key, split, other_split, train, num_workers, listed):
+    """Builds the dataset named by TRAIN.DATASET / TEST.DATASET (listed: see list_classes)."""
     if name == "synthetic":
         im_size, num_classes = cfg.TRAIN.IM_SIZE, cfg.MODEL.NUM_CLASSES
         return synthetic.Synthetic(_synthetic_length(train), im_size, num_classes, cfg.RNG_SEED)
     if name != "imagenet":
         raise PyclsError("{} is {!r}; choose one of {}".format(key, name, ", ".join(DATASETS)))
     data_path = cfg.DATA_LOADER.DATA_PATH
-    split_path(data_path, split)
-    if other_split != split and os.path.isdir(os.path.join(data_path, other_split)):
-        check_same_classes(data_path, split, other_split)
+    listed = list_classes(data_path, split, other_split, listed)
     if train:
         transform = transforms.train_transform(
             cfg.TRAIN.IM_SIZE, cfg.TRAIN.AUGMENT, cfg.TRAIN.PCA_STD, cfg.TRAIN.CROP_SCALE,
@@ -341,12 +328,12 @@ def _construct_dataset(name, key, split, other_split, train, num_workers):
     else:
         order = cfg.INPUT.CHANNEL_ORDER
         transform = transforms.test_transform(cfg.TEST.IM_SIZE, cfg.TRAIN.IM_SIZE, order)
-    dataset = ImageNet(data_path, split, transform, num_workers)
+    dataset = ImageNet(data_path, split, transform, num_workers, listed[split])
     _check_num_classes(dataset)
     return dataset
 
 
-def _construct_loader(train, device, rank, world_size):
+def _construct_loader(train, device, rank, world_size, listed=None):
     """Builds the train or test loader of this process from cfg."""
     rank, world_size = _rank_and_world_size(rank, world_size)
     sec, other = (cfg.TRAIN, cfg.TEST) if train else (cfg.TEST, cfg.TRAIN)
@@ -355,7 +342,7 @@ def _construct_loader(train, device, rank, world_size):
     batch_size = _per_process_batch(key_batch, sec.BATCH_SIZE, world_size)
     num_workers = _num_workers()
     dataset = _construct_dataset(
-        sec.DATASET, key_dataset, sec.SPLIT, other.SPLIT, train, num_workers
+        sec.DATASET, key_dataset, sec.SPLIT, other.SPLIT, train, num_workers, listed
     )
     seed = cfg.RNG_SEED + rank
     sampler = None
@@ -374,7 +361,7 @@ def _construct_loader(train, device, rank, world_size):
         batch_size=batch_size,
         sampler=sampler,
         num_workers=num_workers,
-        pin_memory=cfg.DATA_LOADER.PIN_MEMORY and _has_accelerator(device),
+        pin_memory=devices.pin_memory(device),
         drop_last=train,
         persistent_workers=num_workers > 0,
         worker_init_fn=_WorkerInit(),
@@ -397,6 +384,13 @@ def construct_train_loader(device=None, rank=None, world_size=None):
 def construct_test_loader(device=None, rank=None, world_size=None):
     """Builds the test loader (in order, every sample kept)."""
     return _construct_loader(False, device, rank, world_size)
+
+
+def construct_loaders(device=None, rank=None, world_size=None):
+    """Builds the train and test loaders; each split folder is checked and listed once."""
+    listed = {}
+    train_loader = _construct_loader(True, device, rank, world_size, listed)
+    return train_loader, _construct_loader(False, device, rank, world_size, listed)
 
 
 def shuffle(loader, cur_epoch):
