@@ -184,7 +184,9 @@ def load_source(path):
             state = state[key]
     if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
         raise PyclsError("{} does not hold a state dict of tensors".format(path))
-    return {k[len("module.") :] if k.startswith("module.") else k: v for k, v in state.items()}
+    from pycls.core.checkpoint import strip_prefixes
+
+    return {strip_prefixes(k): v for k, v in state.items()}
 
 
 def write_checkpoint(state, out, cfg_text):

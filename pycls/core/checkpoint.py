@@ -127,6 +127,14 @@ def check_out_dir(min_free_bytes=0):
     except OSError as e:
         msg = "output folder {} is not writable ({}); {}"
         raise PyclsError(msg.format(checkpoint_dir, e.strerror or e, fix)) from e
+    return check_free_space(min_free_bytes)
+
+
+def check_free_space(min_free_bytes):
+    """Checks OUT_DIR/checkpoints (made by check_out_dir) has room for a checkpoint save;
+    PyclsError if not, a warning if the checkpoints kept will not fit; returns the folder."""
+    checkpoint_dir = get_checkpoint_dir()
+    fix = "set OUT_DIR to a folder you can write"
     free = shutil.disk_usage(checkpoint_dir).free
     if free < min_free_bytes:
         msg = "only {:.0f} MiB free in {}, checkpoints need about {:.0f} MiB; free space or {}"

@@ -54,9 +54,13 @@ def setup_env(rank_id=None, device_id=None):
 
 def setup_out_dir(min_free_bytes=0):
     """Checks OUT_DIR (writable, free space) and dumps the config there (main process only);
-    called once the run's inputs are checked, so a bad input leaves OUT_DIR untouched."""
+    called once the run's inputs are checked, so a bad input leaves OUT_DIR untouched (but for
+    LOG_DEST file, where setup_env has made and checked it for the log)."""
     if dist.is_main_proc():
-        cp.check_out_dir(min_free_bytes=min_free_bytes)
+        if cfg.LOG_DEST == "file":
+            cp.check_free_space(min_free_bytes)
+        else:
+            cp.check_out_dir(min_free_bytes=min_free_bytes)
         cp.lock_out_dir()
         config.dump_cfg()
 
