@@ -68,8 +68,7 @@ def main(argv=None):
     import pycls.core.device as devices
     from pycls.core.config import cfg
 
-    config.merge_from_file(args.cfg)
-    config.merge_from_list(args.opts)
+    config.load_cfg(args.cfg, args.opts)
     device = devices.setup(args.device)
     size = cfg.TRAIN.IM_SIZE
     model = builders.build_model().to(device, memory_format=devices.memory_format(device))

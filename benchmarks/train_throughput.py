@@ -131,13 +131,12 @@ class Setting:
         return self.eval_fn()
 
 
-def _set_amp_cfg(amp):
-    """Sets cfg.AMP for an --amp choice (native torch.amp; apex is left to AMP.BACKEND auto)."""
+def _amp_opts(amp):
+    """Returns the AMP overrides of an --amp choice (native torch.amp; apex is left to
+    AMP.BACKEND auto)."""
     if amp == "off":
-        cfg.AMP.OPT_LEVEL = "O0"
-        return
-    cfg.AMP.OPT_LEVEL = "O1"
-    cfg.AMP.DTYPE = "bfloat16" if amp == "bf16" else "float16"
+        return {"AMP.OPT_LEVEL": "O0"}
+    return {"AMP.OPT_LEVEL": "O1", "AMP.DTYPE": "bfloat16" if amp == "bf16" else "float16"}
 
 
 def _rebuild_optimizer(optimizer, impl):
@@ -168,17 +167,11 @@ def _impl_name(optimizer):
 
 def build_ours(args, device, fmt, variant, inputs, labels):
     """Builds our EN-B3 the way the trainer does and returns its Setting."""
-    config.reset_cfg()
-    config.merge_from_file(args.cfg)
-    cfg.MODEL.NUM_CLASSES = NUM_CLASSES
-    cfg.MODEL.MEMORY_FORMAT = fmt
-    cfg.OPTIM.BASE_LR = args.lr
-    cfg.MODEL.COMPILE = args.compile
-    _set_amp_cfg(args.amp)
-    cfg_changes = {k: v for k, v in VARIANTS[variant].items() if "." in k}
+    opts = {"MODEL.NUM_CLASSES": NUM_CLASSES, "MODEL.MEMORY_FORMAT": fmt, "OPTIM.BASE_LR": args.lr}
+    opts.update({"MODEL.COMPILE": args.compile}, **_amp_opts(args.amp))
+    opts.update({k: v for k, v in VARIANTS[variant].items() if "." in k})
     impl = {k: v for k, v in VARIANTS[variant].items() if "." not in k}
-    config.merge_from_list([str(x) for kv in cfg_changes.items() for x in kv])
-    config.assert_cfg()
+    config.load_cfg(args.cfg, [x for kv in opts.items() for x in kv])
     model = builders.build_model()
     model = model.to(device, memory_format=devices.memory_format(device))
     loss_fun = builders.build_loss_fun().to(device)
@@ -355,9 +348,7 @@ def memory_child_main(args, device):
 
 def optimizer_bench(args, device):
     """Times our optimizer's step for EN-B3: the project's choice and the others, interleaved."""
-    config.reset_cfg()
-    config.merge_from_file(args.cfg)
-    cfg.MODEL.NUM_CLASSES = NUM_CLASSES
+    config.load_cfg(args.cfg, ["MODEL.NUM_CLASSES", NUM_CLASSES])
     model = builders.build_model().to(device)
     for p in model.parameters():
         p.grad = torch.randn_like(p)

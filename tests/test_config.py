@@ -106,6 +106,12 @@ def test_bad_overrides_name_the_key(opts, words):
         (["DATA_LOADER.NUM_WORKERS", "-1"], "DATA_LOADER.NUM_WORKERS"),
         (["INPUT.CHANNEL_ORDER", "BGR"], "INPUT.CHANNEL_ORDER"),
         (["BN.NUM_SAMPLES_PRECISE", "0"], "BN.NUM_SAMPLES_PRECISE"),
+        (["RNG_SEED", "-1"], "RNG_SEED"),
+        (["RNG_SEED", str(2**31)], "RNG_SEED"),
+        (["OPTIM.LR_POLICY", "linear"], "OPTIM.LR_POLICY"),
+        (["OPTIM.OPTIMIZER", "lamb"], "OPTIM.OPTIMIZER"),
+        (["MODEL.ACTIVATION_FUN", "gelu"], "MODEL.ACTIVATION_FUN"),
+        (["MODEL.LOSS_FUN", "focal"], "MODEL.LOSS_FUN"),
     ],
 )
 def test_bad_values_name_the_key(opts, key):
@@ -206,3 +212,47 @@ def test_hostile_overrides_are_refused_in_one_short_line():
         config.merge_from_list(["OUT_DIR", "z" * 100000])
     with pytest.raises(PyclsError, match=r"^config overrides must be KEY VALUE pairs; got .{,60}$"):
         config.merge_from_list(["OUT_DIR"] * 10001)
+
+
+def test_load_cfg_resets_merges_and_checks():
+    cfg.TRAIN.BATCH_SIZE = 7  # left over from an earlier load: reset away
+    config.load_cfg(EN_B3, ["OPTIM.BASE_LR", 0.5, "MODEL.NUM_CLASSES", "3"])
+    assert cfg.MODEL.TYPE == "effnet" and cfg.OPTIM.BASE_LR == 0.5
+    assert cfg.MODEL.NUM_CLASSES == 3 and cfg.TRAIN.BATCH_SIZE != 7
+    with pytest.raises(PyclsError, match=r"TRAIN\.BATCH_SIZE is 0; it must be above 0"):
+        config.load_cfg(EN_B3, ["TRAIN.BATCH_SIZE", "0"])
+
+
+def test_a_registered_loss_passes_the_checks_and_trains():
+    import torch
+
+    import pycls.core.builders as builders
+    import pycls.core.net as net
+    import pycls.core.trainer as trainer
+    from pycls.core.amp import Amp
+
+    calls = []
+
+    class HalfLoss(torch.nn.Module):
+        def forward(self, x, y):
+            calls.append(x.shape)
+            return 0.5 * net.SoftCrossEntropyLoss()(x, y)
+
+    opts = ["MODEL.LOSS_FUN", "half_ce", "MODEL.NUM_CLASSES", "3", "DEVICE", "cpu"]
+    with pytest.raises(PyclsError, match="MODEL.LOSS_FUN 'half_ce' is not a known loss"):
+        config.load_cfg(EN_B3, opts)
+    builders.register_loss_fun("half_ce", HalfLoss)
+    try:
+        config.load_cfg(EN_B3, opts + ["AMP.OPT_LEVEL", "O0"])
+        loss_fun = builders.build_loss_fun()
+        model = torch.nn.Linear(4, 3)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        amp = Amp(torch.device("cpu"))
+        model, optimizer = amp.prepare(model, optimizer)
+        before = model.weight.detach().clone()
+        labels = net.smooth_one_hot_labels(torch.tensor([0, 2]))
+        _, loss = trainer.train_step(model, loss_fun, optimizer, amp, torch.randn(2, 4), labels)
+        assert calls == [(2, 3)] and bool(torch.isfinite(loss))
+        assert not torch.equal(model.weight.detach(), before)
+    finally:
+        builders._loss_funs.pop("half_ce")

@@ -33,6 +33,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from pycls.core.errors import PyclsError, run_cli  # noqa: E402
+from pycls.core.io import write_atomic  # noqa: E402
 
 # Config used when --cfg is not given
 _DEFAULT_CFG = os.path.join(
@@ -183,21 +184,19 @@ def load_source(path):
             state = state[key]
     if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
         raise PyclsError("{} does not hold a state dict of tensors".format(path))
-    return {k[len("module.") :] if k.startswith("module.") else k: v for k, v in state.items()}
+    from pycls.core.checkpoint import strip_prefixes
+
+    return {strip_prefixes(k): v for k, v in state.items()}
 
 
 def write_checkpoint(state, out, cfg_text):
-    """Writes a pycls checkpoint atomically (a temporary file, then os.replace)."""
+    """Writes a pycls checkpoint atomically (pycls.core.io.write_atomic)."""
     import torch
 
     checkpoint = {"epoch": 0, "model_state": state, "optimizer_state": None, "cfg": cfg_text}
-    tmp = out + ".tmp"
     try:
-        torch.save(checkpoint, tmp)
-        os.replace(tmp, out)
+        write_atomic(out, lambda f: torch.save(checkpoint, f))
     except OSError as e:
-        if os.path.exists(tmp):
-            os.remove(tmp)
         raise PyclsError("cannot write {} ({}); check the folder".format(out, e.strerror)) from e
 
 
@@ -218,10 +217,7 @@ def main(argv=None):
     from pycls.core.config import cfg
 
     _check_out(args.out)
-    config.reset_cfg()
-    config.merge_from_file(args.cfg)
-    config.merge_from_list(args.opts)
-    config.assert_cfg()
+    config.load_cfg(args.cfg, args.opts)
     state = convert_state_dict(load_source(args.src))
     model = builders.build_model()
     check_state_dict(state, model, args.src)

@@ -30,6 +30,7 @@ import warnings
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from pycls.core.errors import PyclsError, run_cli  # noqa: E402
+from pycls.core.io import write_atomic  # noqa: E402
 
 # Names of the graph's input and output
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
@@ -58,10 +59,7 @@ def load_model(args):
     import pycls.core.config as config
     from pycls.core.config import cfg
 
-    config.reset_cfg()
-    config.merge_from_file(args.cfg)
-    config.merge_from_list(args.opts)
-    config.assert_cfg()
+    config.load_cfg(args.cfg, args.opts)
     weights = args.weights or cfg.TEST.WEIGHTS
     if not weights:
         raise PyclsError("no weights given; pass --weights FILE.pyth (or TEST.WEIGHTS FILE)")
@@ -180,25 +178,23 @@ def main(argv=None):
     _check_out(args)
     model = load_model(args)
     im_size = cfg.TRAIN.IM_SIZE
-    tmp = "{}.tmp{}.onnx".format(args.out, os.getpid())
-    try:
+
+    def export_and_check(tmp):
         export(model, tmp, im_size, args.opset, args.dynamo)
         _check_onnx(tmp)
         if not _write_metadata(tmp, input_metadata(cfg)):
             print("onnx is not installed: no input metadata written (pip install onnx)")
         if importlib.util.find_spec("onnxruntime") is None:
             print("onnxruntime is not installed: skipped the check (pip install onnxruntime)")
-        else:
-            diff = max_abs_diff(model, tmp, im_size)
-            print("Largest absolute difference ONNX vs PyTorch: {:.3g}".format(diff))
-            if not diff <= args.tol:
-                msg = "error: the difference is above --tol {:g}; {} not written"
-                print(msg.format(args.tol, args.out), file=sys.stderr)
-                sys.exit(1)
-        os.replace(tmp, args.out)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+            return
+        diff = max_abs_diff(model, tmp, im_size)
+        print("Largest absolute difference ONNX vs PyTorch: {:.3g}".format(diff))
+        if not diff <= args.tol:
+            msg = "error: the difference is above --tol {:g}; {} not written"
+            print(msg.format(args.tol, args.out), file=sys.stderr)
+            sys.exit(1)
+
+    write_atomic(args.out, export_and_check, by_path=True)
     msg = "Wrote {} (opset {}, input Nx3x{}x{}, {} channel order)"
     print(msg.format(args.out, args.opset, im_size, im_size, cfg.INPUT.CHANNEL_ORDER))
 

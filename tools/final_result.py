@@ -24,6 +24,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from pycls.core.errors import PyclsError, run_cli  # noqa: E402
+from pycls.core.io import remove_quietly, temp_path, write_atomic  # noqa: E402
 
 # The network the launchers train (the ModelZoo summary's Network)
 NETWORK = "EfficientNet-B3"
@@ -66,7 +67,7 @@ def write_new(path, text):
         with open(path, errors="replace") as f:
             if f.read() == text:
                 return
-    tmp = "{}.tmp.{}".format(path, os.getpid())
+    tmp = temp_path(path)
     with open(tmp, "w") as f:
         f.write(text)
     try:
@@ -83,8 +84,7 @@ def write_new(path, text):
                 return
         raise PyclsError("could not write {}: other jobs keep writing it".format(path))
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        remove_quietly(tmp)
 
 
 def _mean(values):
@@ -204,10 +204,7 @@ def write_summary(result, summary_dir):
 def save_result(result, out_dir):
     """Saves a training run's figures as OUT_DIR/final_result.json (atomically)."""
     path = os.path.join(out_dir, SAVED_NAME)
-    tmp = "{}.tmp.{}".format(path, os.getpid())
-    with open(tmp, "w") as f:
-        json.dump(result, f, indent=1)
-    os.replace(tmp, path)
+    write_atomic(path, lambda f: json.dump(result, f, indent=1), text=True)
 
 
 def load_saved_result(out_dir):

@@ -16,6 +16,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from pycls.core.errors import PyclsError, run_cli  # noqa: E402
+from pycls.core.io import write_atomic  # noqa: E402
 
 # Log file name in an OUT_DIR
 _LOG_NAME = "stdout.log"
@@ -152,15 +153,10 @@ def plot_runs(runs, out, title=""):
 
 def _save(fig, out):
     """Saves a figure as a PNG through a temporary file (an old --out stays on failure)."""
-    tmp = "{}.tmp{}.png".format(out, os.getpid())
     try:
-        fig.savefig(tmp, format="png")
-        os.replace(tmp, out)
+        write_atomic(out, lambda f: fig.savefig(f, format="png"))
     except OSError as e:
         raise PyclsError("cannot write {} ({}); check --out".format(out, e.strerror)) from e
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def main(argv=None):

@@ -217,12 +217,7 @@ def setup_model(args, opts):
     import pycls.core.device as devices
     from pycls.core.config import cfg
 
-    config.reset_cfg()
-    config.merge_from_file(args.cfg)
-    config.merge_from_list(opts)
-    if args.device:
-        cfg.DEVICE = args.device
-    config.assert_cfg()
+    config.load_cfg(args.cfg, list(opts) + (["DEVICE", args.device] if args.device else []))
     weights = args.weights or cfg.TEST.WEIGHTS
     if not weights:
         raise PyclsError("no weights given; pass --weights FILE.pyth (or TEST.WEIGHTS FILE)")

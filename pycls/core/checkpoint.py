@@ -1,30 +1,33 @@
 """Checkpoints (pycls format): atomic saves, a best copy, pruning and safe loads.
 
 A checkpoint is a dict with pycls's keys (epoch, model_state, optimizer_state, cfg) plus what
-resuming needs (ema_state, amp_state, rng_state, test_err, ema_err, best_err). Files are
+resuming needs (ema_state, amp_state, test_err, ema_err, best_err). Files are
 OUT_DIR/checkpoints/model_epoch_XXXX.pyth (epochs counted from 1) and model_best.pyth. Every
 load uses torch.load(weights_only=True): a file holding arbitrary Python objects is refused.
+There is no RNG state: trainer.seed_epoch reseeds every generator at the start of each epoch
+and the loaders seed their own per epoch, so a resumed epoch draws as an uninterrupted one
+(the rng_state of older checkpoints is ignored).
 """
 
 import atexit
+import io
 import json
 import os
 import pickletools
-import random
 import re
 import shutil
 import socket
 import time
-import uuid
 import warnings
 import zipfile
 
-import numpy as np
 import torch
 import yaml
 
 import pycls.core.distributed as dist
+import pycls.core.io as pio
 import pycls.core.logging as logging
+import pycls.core.net as net
 from pycls.core.config import cfg
 from pycls.core.errors import PyclsError
 
@@ -36,11 +39,8 @@ _NAME_PREFIX = "model_epoch_"
 _NAME_RE = re.compile(r"^model_epoch_(\d+)\.pyth$")
 _BEST_NAME = "model_best.pyth"
 
-# Temporary files start with this (and never match _NAME_RE)
-_TMP_PREFIX = ".tmp_"
-
-# Wrapper prefixes stripped from state dict keys (DDP, torch.compile)
-_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+# Wrapper prefixes stripped from state dict keys: the attributes net.unwrap_model unwraps
+_WRAPPER_PREFIXES = tuple(attr + "." for attr in net.WRAPPER_ATTRS)
 
 # Keys a file must hold to count as a checkpoint
 _REQUIRED_KEYS = ("epoch", "model_state")
@@ -62,6 +62,13 @@ _SAFE_TORCH_RE = re.compile(r"^torch\.(_utils\._rebuild\w*|_tensor\._rebuild\w*|
 
 # Python 2 module names in protocol 2 pickles
 _PY2_MODULES = {"__builtin__": "builtins", "copy_reg": "copyreg"}
+
+# A zip file (torch's format since 1.6) starts with these bytes
+_ZIP_MAGIC = b"PK\x03\x04"
+
+# Pickles read from a file in torch's legacy format: magic number, version, sys info, the
+# object, the storage keys
+_LEGACY_PICKLES = 5
 
 
 def get_checkpoint_dir(out_dir=None):
@@ -113,13 +120,21 @@ def check_out_dir(min_free_bytes=0):
     fix = "set OUT_DIR to a folder you can write"
     try:
         os.makedirs(checkpoint_dir, exist_ok=True)
-        probe = _temp_path(os.path.join(checkpoint_dir, "write_probe"))
+        probe = pio.temp_path(os.path.join(checkpoint_dir, "write_probe"))
         with open(probe, "xb") as f:
             f.write(b"probe")
         os.remove(probe)
     except OSError as e:
         msg = "output folder {} is not writable ({}); {}"
         raise PyclsError(msg.format(checkpoint_dir, e.strerror or e, fix)) from e
+    return check_free_space(min_free_bytes)
+
+
+def check_free_space(min_free_bytes):
+    """Checks OUT_DIR/checkpoints (made by check_out_dir) has room for a checkpoint save;
+    PyclsError if not, a warning if the checkpoints kept will not fit; returns the folder."""
+    checkpoint_dir = get_checkpoint_dir()
+    fix = "set OUT_DIR to a folder you can write"
     free = shutil.disk_usage(checkpoint_dir).free
     if free < min_free_bytes:
         msg = "only {:.0f} MiB free in {}, checkpoints need about {:.0f} MiB; free space or {}"
@@ -168,7 +183,7 @@ def _release_lock():
     f, path = _held_lock.pop("file", None), _held_lock.pop("path", None)
     if f is None:
         return
-    _remove_quietly(path)  # while still locked: a run waiting on this file retries
+    pio.remove_quietly(path)  # while still locked: a run waiting on this file retries
     f.close()  # closing releases the flock
 
 
@@ -237,7 +252,7 @@ def lock_out_dir():
     _held_lock.update(path=path, file=f, registered=True)
 
 
-def _strip_prefixes(key):
+def strip_prefixes(key):
     """Strips wrapper prefixes (module., _orig_mod., also nested) from a state dict key."""
     stripped = True
     while stripped:
@@ -250,14 +265,7 @@ def _strip_prefixes(key):
 
 def _clean_state(state):
     """Returns a state dict with wrapper prefixes stripped from its keys."""
-    return {_strip_prefixes(k): v for k, v in state.items()}
-
-
-def _unwrap(model):
-    """Returns the bare model under DDP / torch.compile wrappers."""
-    from pycls.core.net import unwrap_model
-
-    return unwrap_model(model)
+    return {strip_prefixes(k): v for k, v in state.items()}
 
 
 def _list_names(names):
@@ -283,117 +291,10 @@ def _check_finite(state, what):
     raise PyclsError(msg.format(what, _list_names(bad)))
 
 
-def _accelerator():
-    """Returns (type, torch module) of an initialised accelerator, else (None, None)."""
-    acc = getattr(torch, "accelerator", None)
-    try:
-        if acc is None or not acc.is_available():
-            return None, None
-        device_type = acc.current_accelerator().type
-    except RuntimeError:  # a device type without its torch module
-        return None, None
-    module = getattr(torch, device_type, None)
-    if module is None or not hasattr(module, "get_rng_state"):
-        return None, None
-    is_initialized = getattr(module, "is_initialized", None)
-    if is_initialized is not None and not is_initialized():
-        return None, None
-    return device_type, module
-
-
-def get_rng_state():
-    """Returns the torch, numpy, python (and accelerator) RNG states as plain tensors/lists."""
-    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
-    py_version, py_state, py_gauss = random.getstate()
-    state = {
-        "torch": torch.get_rng_state(),
-        "numpy": {
-            "name": str(np_name),
-            "keys": torch.from_numpy(np_keys.astype(np.int64)),
-            "pos": int(np_pos),
-            "has_gauss": int(np_has_gauss),
-            "cached_gaussian": float(np_gauss),
-        },
-        "python": {"version": py_version, "state": list(py_state), "gauss_next": py_gauss},
-    }
-    device_type, module = _accelerator()
-    if module is not None:
-        state["accelerator_type"] = device_type
-        state["accelerator"] = module.get_rng_state()
-    return state
-
-
-def _set_rng_state(state):
-    """Sets the RNG states saved by get_rng_state."""
-    torch.set_rng_state(state["torch"])
-    np_state = state["numpy"]
-    np_keys = np_state["keys"].numpy().astype(np.uint32)
-    np_gauss = (np_state["has_gauss"], np_state["cached_gaussian"])
-    np.random.set_state((np_state["name"], np_keys, np_state["pos"], *np_gauss))
-    py_state = state["python"]
-    random.setstate((py_state["version"], tuple(py_state["state"]), py_state["gauss_next"]))
-    device_type, module = _accelerator()
-    if module is not None and state.get("accelerator_type") == device_type:
-        module.set_rng_state(state["accelerator"])
-
-
-def _reseed_for_rank(rank):
-    """Derives distinct, repeatable RNG streams for a non-main rank from the restored ones."""
-    seed = int(torch.randint(0, 2**31 - 1, (1,))) + rank
-    torch.manual_seed(seed)
-    np.random.seed(seed)
-    random.seed(seed)
-
-
-def restore_rng_state(extra):
-    """Restores the RNG states of a loaded checkpoint's extra dict; tells whether it did."""
-    state = (extra or {}).get("rng_state")
-    if not state:
-        return False
-    try:
-        _set_rng_state(state)
-    except (KeyError, TypeError, ValueError, RuntimeError) as e:
-        logger.warning("Could not restore the RNG state ({}); keeping fresh seeds".format(e))
-        return False
-    if dist.get_rank() > 0:
-        _reseed_for_rank(dist.get_rank())
-    return True
-
-
-def _temp_path(path):
-    """Returns a unique temporary file path in the folder of path."""
-    folder, name = os.path.split(path)
-    unique = "{}.{}".format(os.getpid(), uuid.uuid4().hex[:8])
-    return os.path.join(folder, "{}{}.{}".format(_TMP_PREFIX, name, unique))
-
-
-def _remove_quietly(path):
-    """Removes a file if it exists."""
-    try:
-        os.remove(path)
-    except OSError:
-        pass
-
-
-def _fsync_dir(folder):
-    """Flushes a folder's entries to disk (where the OS allows it)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _write_error(path, error):
     """Builds the error of a failed checkpoint write, naming the folder and its free space."""
     folder = os.path.dirname(path)
-    reason = getattr(error, "strerror", None) or str(error).strip() or type(error).__name__
-    reason = re.sub(r"^\[[^\]]*\][\s.]*", "", reason.splitlines()[0])[:100]
+    reason = getattr(error, "strerror", None) or _first_line(error)
     try:
         free = "{:.0f} MiB free".format(shutil.disk_usage(folder).free / 1024**2)
     except OSError:
@@ -403,61 +304,27 @@ def _write_error(path, error):
     return PyclsError(msg.format(path, reason, free, folder))
 
 
-def _write_atomic(path, write):
-    """Calls write(file) on a temporary file, fsyncs it and renames it to path."""
-    tmp = _temp_path(path)
+def _write(path, write, by_path=False):
+    """Writes path through pio.write_atomic (synced to disk); PyclsError naming the free space."""
     try:
-        with open(tmp, "xb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        pio.write_atomic(path, write, fsync=True, by_path=by_path)
     except (OSError, RuntimeError) as e:  # torch reports some failed writes as RuntimeError
-        _remove_quietly(tmp)
         raise _write_error(path, e) from e
-    except BaseException:
-        _remove_quietly(tmp)
-        raise
-    _fsync_dir(os.path.dirname(path))
 
 
-def _link_atomic(src, dst):
-    """Makes dst a hard link to src (a copy where links fail), replacing dst atomically."""
-    tmp = _temp_path(dst)
+def _link_or_copy(src, dst):
+    """Makes dst a hard link to src, or a copy where the file system has no links."""
     try:
-        os.link(src, tmp)
+        os.link(src, dst)
     except OSError:
-        _remove_quietly(tmp)
-        with open(src, "rb") as f_src:
-            _write_atomic(dst, lambda f: shutil.copyfileobj(f_src, f))
-        return
-    try:
-        os.replace(tmp, dst)
-    except OSError as e:
-        _remove_quietly(tmp)
-        raise _write_error(dst, e) from e
-    _fsync_dir(os.path.dirname(dst))
+        pio.remove_quietly(dst)
+        shutil.copyfile(src, dst)
 
 
-def _epoch_err(test_err, ema_err):
-    """Returns the lower of the model and EMA errors (None ones left out; inf if both)."""
-    errs = [e for e in (test_err, ema_err) if e is not None]
+def lowest_err(*errs):
+    """Returns the lowest of the errors given (None ones left out; inf if none is left)."""
+    errs = [e for e in errs if e is not None]
     return min(errs) if errs else float("inf")
-
-
-def _best_err_so_far():
-    """Returns the error of the best checkpoint, or None without a readable one."""
-    path = get_checkpoint_best()
-    if not os.path.exists(path):
-        return None
-    try:
-        best = _load_file(path, mmap=True)
-    except PyclsError as e:
-        logger.warning("Replacing the unreadable best checkpoint: {}".format(e))
-        return None
-    if best.get("best_err") is not None:
-        return best["best_err"]
-    return _epoch_err(best.get("test_err"), best.get("ema_err"))
 
 
 def _prune():
@@ -474,19 +341,24 @@ def _prune():
         logger.info("Removed old checkpoint {} (TRAIN.CHECKPOINT_KEEP {})".format(path, keep))
 
 
-def save_checkpoint(model, model_ema, optimizer, epoch, test_err, ema_err, extra=None):
-    """Saves the checkpoint after epoch index epoch (main process only); returns its path."""
+def save_checkpoint(
+    model, model_ema, optimizer, epoch, test_err, ema_err, extra=None, best_err=None
+):
+    """Saves the checkpoint after epoch index epoch (main process only); returns its path.
+
+    best_err is the run's lowest error before this epoch (None: no checkpoint yet, as the trainer
+    tracks it); the checkpoint becomes model_best.pyth when its error is lower."""
     # Every process checks the weights (the same on all), so all stop together on NaNs
-    model_state = _clean_state(_unwrap(model).state_dict())
+    model_state = _clean_state(net.unwrap_model(model).state_dict())
     _check_finite(model_state, "model")
     ema_state = None
     if model_ema is not None:
-        ema_state = _clean_state(_unwrap(model_ema).state_dict())
+        ema_state = _clean_state(net.unwrap_model(model_ema).state_dict())
         _check_finite(ema_state, "EMA model")
     if not dist.is_main_proc():
         return None
     os.makedirs(get_checkpoint_dir(), exist_ok=True)
-    err, best_err = _epoch_err(test_err, ema_err), _best_err_so_far()
+    err = lowest_err(test_err, ema_err)
     is_best = best_err is None or err < best_err
     checkpoint = {
         "epoch": epoch,
@@ -496,42 +368,79 @@ def save_checkpoint(model, model_ema, optimizer, epoch, test_err, ema_err, extra
         "cfg": cfg.dump(),
         "test_err": test_err,
         "ema_err": ema_err,
-        "best_err": err if is_best else best_err,
+        "best_err": lowest_err(err, best_err),
         "amp_state": None,
-        "rng_state": get_rng_state(),
     }
     checkpoint.update(extra or {})
     path = get_checkpoint(epoch + 1)
-    _write_atomic(path, lambda f: torch.save(checkpoint, f))
+    _write(path, lambda f: torch.save(checkpoint, f))
     if is_best:
-        _link_atomic(path, get_checkpoint_best())
+        _write(get_checkpoint_best(), lambda tmp: _link_or_copy(path, tmp), by_path=True)
     _prune()
     return path
 
 
-def _pickled_objects(path):
-    """Returns the Python objects (module.name) a zip checkpoint's pickle names beyond torch's
-    tensors and plain containers, or None when the file is not a readable zip checkpoint."""
-    try:
-        with zipfile.ZipFile(path) as zf:
-            names = [n for n in zf.namelist() if n == "data.pkl" or n.endswith("/data.pkl")]
-            data = zf.read(names[0]) if names else None
+def _first_line(error):
+    """Returns an error's type and the first line of its text, cut short, for an error line."""
+    text = str(error).strip()
+    first = text.splitlines()[0][:100] if text else ""
+    return "{}: {}".format(type(error).__name__, first) if first else type(error).__name__
+
+
+def _pickle_globals(stream):
+    """Returns the globals (module.name) one pickle in stream names; ValueError if it is not
+    a whole pickle."""
+    found, pushed, memo = [], [], {}
+    for op, arg, _ in pickletools.genops(stream):
+        if op.name == "GLOBAL":
+            found.append(arg.replace(" ", "."))
+        elif op.name == "STACK_GLOBAL":
+            found.append("{}.{}".format(*[str(x) for x in pushed[-2:]]))
+        elif op.name in ("MEMOIZE", "PUT", "BINPUT", "LONG_BINPUT"):
+            memo[len(memo) if op.name == "MEMOIZE" else arg] = pushed[-1] if pushed else None
+        elif op.name in ("GET", "BINGET", "LONG_BINGET"):
+            pushed.append(memo.get(arg))
+        else:
+            pushed.append(arg if isinstance(arg, str) else None)
+    return found
+
+
+def _read_globals(path):
+    """Returns the globals a checkpoint's pickles name (data.pkl of a zip file, else the
+    leading pickles of torch's legacy format); ValueError saying why the file is unreadable."""
+    if os.path.getsize(path) == 0:
+        raise ValueError("an empty file")
+    with open(path, "rb") as f:
+        is_zip = f.read(len(_ZIP_MAGIC)) == _ZIP_MAGIC
+    if is_zip:
+        try:
+            with zipfile.ZipFile(path) as zf:
+                names = [n for n in zf.namelist() if n == "data.pkl" or n.endswith("/data.pkl")]
+                data = zf.read(names[0]) if names else None
+        except Exception as e:  # zipfile and zlib raise several kinds
+            raise ValueError("a damaged zip file") from e
         if data is None:
-            return None
-        found, pushed, memo = [], [], {}
-        for op, arg, _ in pickletools.genops(data):
-            if op.name == "GLOBAL":
-                found.append(arg.replace(" ", "."))
-            elif op.name == "STACK_GLOBAL":
-                found.append("{}.{}".format(*[str(x) for x in pushed[-2:]]))
-            elif op.name in ("MEMOIZE", "PUT", "BINPUT", "LONG_BINPUT"):
-                memo[len(memo) if op.name == "MEMOIZE" else arg] = pushed[-1] if pushed else None
-            elif op.name in ("GET", "BINGET", "LONG_BINGET"):
-                pushed.append(memo.get(arg))
-            else:
-                pushed.append(arg if isinstance(arg, str) else None)
-    except Exception:  # a truncated or corrupt file: not readable as a pickle
-        return None
+            raise ValueError("a zip file without data.pkl")
+        try:
+            return _pickle_globals(io.BytesIO(data))
+        except Exception as e:
+            raise ValueError("its data.pkl is not a whole pickle") from e
+    found = []
+    with open(path, "rb") as f:
+        try:
+            for _ in range(_LEGACY_PICKLES):
+                found += _pickle_globals(f)
+                if not f.peek(1):
+                    break
+        except Exception as e:
+            raise ValueError("neither a zip file nor a whole pickle") from e
+    return found
+
+
+def _pickled_objects(path):
+    """Returns the Python objects (module.name) a checkpoint's pickle names beyond torch's
+    tensors and plain containers; ValueError when the file is truncated or not a pickle."""
+    found = _read_globals(path)
     safe = _safe_globals()
     found = [_PY2_MODULES.get(n.split(".")[0], n.split(".")[0]) + n[n.find(".") :] for n in found]
     if safe is None:
@@ -551,25 +460,23 @@ def _safe_globals():
     return names
 
 
-def _unsafe_global(error):
-    """Returns the name of the Python object a weights_only load refused, if any."""
-    # Wordings of torch 1.13 to 2.x: "Unsupported class x.y", "Unsupported global: GLOBAL x.y",
-    # "Trying to load unsupported GLOBAL x.y whose module x is blocked"
-    match = re.search(r"(?:GLOBAL|[Uu]nsupported class)\s+([A-Za-z_][\w.]*)", str(error))
-    return match.group(1) if match else None
+def _load_error(path, error):
+    """Says why torch.load could not read path, from the file itself (not torch's wording)."""
+    try:
+        objects = _pickled_objects(path)
+    except ValueError as e:
+        msg = "checkpoint {} is truncated, corrupt or not a checkpoint ({}); use another file"
+        return PyclsError(msg.format(path, e))
+    if objects:
+        msg = "checkpoint {} holds a Python object ({}) that safe loading (weights_only) "
+        msg += "refuses; use a checkpoint of plain tensors, from a source you trust"
+        return PyclsError(msg.format(path, objects[0]))
+    msg = "checkpoint {} is intact but safe loading (weights_only) cannot read it ({}); "
+    msg += "save it again with torch.save's default settings"
+    return PyclsError(msg.format(path, _first_line(error)))
 
 
-def _load_error_reason(error):
-    """Returns a short one-line reason for a failed torch.load."""
-    text = str(error)
-    match = re.search(r"WeightsUnpickler error:\s*(\S.*)", text)
-    if match:
-        return "unreadable by safe loading: " + match.group(1).strip()[:80]
-    first = text.strip().splitlines()[0].split(". ")[0] if text.strip() else ""
-    return "{}: {}".format(type(error).__name__, first[:100]) if first else type(error).__name__
-
-
-def _load_file(path, mmap=False):
+def _load_file(path):
     """Loads a checkpoint file safely (weights_only, on the cpu); PyclsError if it can't."""
     if not os.path.isfile(path):
         what = "is a folder, not a file" if os.path.isdir(path) else "does not exist"
@@ -577,20 +484,9 @@ def _load_file(path, mmap=False):
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
-            data = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+            data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        objects = _pickled_objects(path)
-        name = objects[0] if objects else _unsafe_global(e)
-        if name is not None:
-            msg = "checkpoint {} holds a Python object ({}) that safe loading (weights_only) "
-            msg += "refuses; use a checkpoint of plain tensors, from a source you trust"
-            raise PyclsError(msg.format(path, name)) from e
-        if objects is not None:  # the whole pickle reads: an intact file torch cannot load safely
-            msg = "checkpoint {} is intact but safe loading (weights_only) cannot read it ({}); "
-            msg += "save it again with torch.save's default settings"
-            raise PyclsError(msg.format(path, _load_error_reason(e))) from e
-        msg = "checkpoint {} is truncated, corrupt or not a checkpoint ({}); use another file"
-        raise PyclsError(msg.format(path, _load_error_reason(e))) from e
+        raise _load_error(path, e) from e
     if not isinstance(data, dict):
         msg = "checkpoint {} holds a {}, not a dict of weights; use a pycls .pyth file"
         raise PyclsError(msg.format(path, type(data).__name__))
@@ -698,7 +594,7 @@ def _mismatches(model_state, state):
 
 def _load_state(path, model, state, checkpoint, what=""):
     """Loads a state dict strictly into the bare model; returns the keys skipped (none)."""
-    model = _unwrap(model)
+    model = net.unwrap_model(model)
     state = _clean_state(state)
     problems = _mismatches(model.state_dict(), state)
     if problems:
@@ -727,7 +623,7 @@ def load_checkpoint(path, model, model_ema=None, optimizer=None):
     extra = {k: v for k, v in checkpoint.items() if k not in skip}
     extra.setdefault("test_err", None)
     extra.setdefault("ema_err", None)
-    extra.setdefault("best_err", _epoch_err(extra["test_err"], extra["ema_err"]))
+    extra.setdefault("best_err", lowest_err(extra["test_err"], extra["ema_err"]))
     return checkpoint["epoch"] + 1, extra
 
 
@@ -748,7 +644,7 @@ def _head_keys(model):
 def _load_pretrained(path, model, state, checkpoint):
     """Loads fine-tuning weights: a head of another shape is skipped, any other difference is an
     error unless TRAIN.PRETRAINED_PARTIAL loads only the tensors that fit; returns those skipped."""
-    model = _unwrap(model)
+    model = net.unwrap_model(model)
     state, model_state = _clean_state(state), model.state_dict()
     head = [
         k

@@ -9,6 +9,7 @@ import yaml
 from yacs.config import CfgNode
 
 from pycls.core.errors import PyclsError
+from pycls.core.io import write_atomic
 
 # Global config object; example usage: from pycls.core.config import cfg
 _C = CfgNode()
@@ -452,23 +453,24 @@ _CFG_DEFAULT.freeze()
 # Keys that take a number or a word; numbers are kept as strings
 _NUMBER_OR_WORD_KEYS = {"AMP.LOSS_SCALE"}
 
-# Allowed values of the keys that take one of a few words
+# Allowed values of the keys that take one of a few words; the keys whose choices are a
+# registry's names (MODEL.LOSS_FUN, MODEL.ACTIVATION_FUN, OPTIM.OPTIMIZER, OPTIM.LR_POLICY) are
+# checked by that registry (see _check_registry_keys)
 _CHOICES = {
     "DEVICE": ["auto", "cpu", "gpu", "npu"],
     "AMP.OPT_LEVEL": ["O0", "O1", "O2"],
     "AMP.DTYPE": ["auto", "float16", "bfloat16"],
     "AMP.BACKEND": ["auto", "apex", "native"],
-    "MODEL.ACTIVATION_FUN": ["relu", "silu", "swish"],
     "MODEL.MEMORY_FORMAT": ["auto", "channels_last", "contiguous"],
-    "MODEL.LOSS_FUN": ["cross_entropy"],
-    "OPTIM.OPTIMIZER": ["sgd", "adam", "adamw"],
-    "OPTIM.LR_POLICY": ["cos", "exp", "lin", "steps"],
     "TRAIN.SPLIT": ["train", "val"],
     "TEST.SPLIT": ["train", "val"],
     "LOG_DEST": ["stdout", "file"],
     "INPUT.CHANNEL_ORDER": ["bgr", "rgb"],
     "DATA_LOADER.MP_CONTEXT": ["auto", "forkserver", "spawn", "fork"],
 }
+
+# Largest RNG_SEED (numpy takes seeds below 2**32, and each rank adds its rank)
+_MAX_SEED = 2**31 - 1
 
 # Keys that must hold a number above zero
 _POSITIVE = [
@@ -701,8 +703,6 @@ def assert_cfg():
         if not ok:
             msg = "config key AMP.LOSS_SCALE is {!r}; give a number above 0 or dynamic"
             raise PyclsError(msg.format(scale))
-    if _C.OPTIM.LR_POLICY == "steps" and (not _C.OPTIM.STEPS or _C.OPTIM.STEPS[0] != 0):
-        raise PyclsError("config key OPTIM.STEPS must start at 0 for the steps policy")
     if _C.DATA_LOADER.NUM_WORKERS < 0:
         raise PyclsError("config key DATA_LOADER.NUM_WORKERS must be 0 or more")
     low, high = (list(_C.TRAIN.CROP_SCALE) + [0, 0])[:2]
@@ -716,6 +716,23 @@ def assert_cfg():
     if _C.DATA_LOADER.TIMEOUT < 0:
         msg = "config key DATA_LOADER.TIMEOUT is {}; give seconds above 0 (0 waits forever)"
         raise PyclsError(msg.format(_C.DATA_LOADER.TIMEOUT))
+    if not 0 <= _C.RNG_SEED <= _MAX_SEED:
+        msg = "config key RNG_SEED is {}; set it from 0 to {}"
+        raise PyclsError(msg.format(_C.RNG_SEED, _MAX_SEED))
+    _check_registry_keys()
+
+
+def _check_registry_keys():
+    """Checks the keys that name a registry entry, through the registry that owns the names
+    (imported here: they import torch, which loading a config does not need)."""
+    import pycls.core.builders as builders
+    import pycls.core.optimizer as optimizer
+    import pycls.models.blocks as blocks
+
+    builders.get_loss_fun()
+    blocks.get_activation(_C.MODEL.ACTIVATION_FUN)
+    optimizer.check_optimizer()
+    optimizer.get_lr_fun()
 
 
 def _get(key):
@@ -734,17 +751,16 @@ def loss_scale():
 def dump_cfg():
     """Dumps the config to OUT_DIR/CFG_DEST (atomically) and returns its path."""
     cfg_file = os.path.join(_C.OUT_DIR, _C.CFG_DEST)
-    tmp = cfg_file + ".tmp"
-    with open(tmp, "w") as f:
-        _C.dump(stream=f)
-    os.replace(tmp, cfg_file)
-    return cfg_file
+    return write_atomic(cfg_file, lambda f: _C.dump(stream=f), text=True)
 
 
-def load_cfg(cfg_file):
-    """Resets cfg and loads a dumped config (as written by dump_cfg) into it."""
+def load_cfg(cfg_file, opts=()):
+    """Resets cfg, merges a YAML config file (as written by dump_cfg, or any --cfg) and
+    KEY VALUE overrides, then checks it: the one way a tool loads its config."""
     reset_cfg()
     merge_from_file(cfg_file)
+    merge_from_list([str(x) for x in opts])
+    assert_cfg()
 
 
 def reset_cfg():
@@ -784,13 +800,8 @@ def load_cfg_from_args(argv, description="Config file options."):
     parser.add_argument("--profperf", type=int, choices=[0, 1], default=0, help="write a trace")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE pairs; see config.py")
     args = parser.parse_args(_flags_first(parser, argv))
-    merge_from_file(args.cfg_file)
-    if args.device:
-        _C.DEVICE = args.device
-    if args.data_path:
-        _C.DATA_LOADER.DATA_PATH = args.data_path
-    if args.profperf:
-        _C.PROFILE.ENABLED = True
-    merge_from_list(args.opts)
-    assert_cfg()
+    flags = {"DEVICE": args.device, "DATA_LOADER.DATA_PATH": args.data_path}
+    flags["PROFILE.ENABLED"] = "True" if args.profperf else None
+    flag_opts = [x for kv in flags.items() if kv[1] for x in kv]
+    load_cfg(args.cfg_file, flag_opts + args.opts)
     return args

@@ -8,15 +8,20 @@ import torch
 import pycls.core.distributed as dist
 from pycls.core.config import cfg
 
+# Attributes holding the model a wrapper wraps (DDP / DataParallel, torch.compile); a wrapped
+# model's state dict keys start with them ("module.", "_orig_mod.")
+WRAPPER_ATTRS = ("module", "_orig_mod")
+
 
 def unwrap_model(model):
     """Strips DistributedDataParallel / DataParallel and torch.compile wrappers."""
     wrappers = (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)
+    parallel_attr, compiled_attr = WRAPPER_ATTRS
     while True:
         if isinstance(model, wrappers):
-            model = model.module
-        elif isinstance(model, torch.nn.Module) and hasattr(model, "_orig_mod"):
-            model = model._orig_mod
+            model = getattr(model, parallel_attr)
+        elif isinstance(model, torch.nn.Module) and hasattr(model, compiled_attr):
+            model = getattr(model, compiled_attr)
         else:
             return model
 

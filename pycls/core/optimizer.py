@@ -103,8 +103,20 @@ def _build(optimizer_cls, groups, args, device_type):
         return optimizer_cls(groups, **args, foreach=False)
 
 
+# Optimizers by name (OPTIM.OPTIMIZER)
+_OPTIMIZERS = ("sgd", "adam", "adamw")
+
+
+def check_optimizer():
+    """Checks that OPTIM.OPTIMIZER names a known optimizer."""
+    if cfg.OPTIM.OPTIMIZER not in _OPTIMIZERS:
+        msg = "config key OPTIM.OPTIMIZER is {!r}; choose one of {}"
+        raise PyclsError(msg.format(cfg.OPTIM.OPTIMIZER, ", ".join(_OPTIMIZERS)))
+
+
 def construct_optimizer(model, device=None):
     """Constructs the optimizer of cfg.OPTIM for the model's parameters (on device)."""
+    check_optimizer()
     optim = cfg.OPTIM
     device_type = _device_type(model, device)
     groups = get_param_groups(model)
@@ -120,16 +132,13 @@ def construct_optimizer(model, device=None):
         if fused_sgd is not None:
             return fused_sgd(groups, **sgd_args)
         return _build(torch.optim.SGD, groups, sgd_args, device_type)
-    if optim.OPTIMIZER in ("adam", "adamw"):
-        adam_cls = torch.optim.Adam if optim.OPTIMIZER == "adam" else torch.optim.AdamW
-        adam_args = {
-            "lr": optim.BASE_LR,
-            "betas": (optim.BETA1, optim.BETA2),
-            "weight_decay": optim.WEIGHT_DECAY,
-        }
-        return _build(adam_cls, groups, adam_args, device_type)
-    msg = "config key OPTIM.OPTIMIZER is {!r}; choose one of sgd, adam, adamw"
-    raise PyclsError(msg.format(optim.OPTIMIZER))
+    adam_cls = torch.optim.Adam if optim.OPTIMIZER == "adam" else torch.optim.AdamW
+    adam_args = {
+        "lr": optim.BASE_LR,
+        "betas": (optim.BETA1, optim.BETA2),
+        "weight_decay": optim.WEIGHT_DECAY,
+    }
+    return _build(adam_cls, groups, adam_args, device_type)
 
 
 def lr_fun_steps(cur_epoch):
@@ -163,7 +172,7 @@ def get_lr_fun():
     policy = cfg.OPTIM.LR_POLICY
     if policy not in _LR_FUNS:
         msg = "config key OPTIM.LR_POLICY is {!r}; choose one of {}"
-        raise PyclsError(msg.format(policy, ", ".join(_LR_FUNS)))
+        raise PyclsError(msg.format(policy, ", ".join(sorted(_LR_FUNS))))
     if policy == "exp" and cfg.OPTIM.MIN_LR <= 0:
         raise PyclsError("the exp LR policy needs OPTIM.MIN_LR above 0; set OPTIM.MIN_LR")
     if policy == "steps" and (not cfg.OPTIM.STEPS or cfg.OPTIM.STEPS[0] != 0):

@@ -24,16 +24,10 @@ from pycls.core.errors import PyclsError
 
 logger = logging.get_logger(__name__)
 
-# Largest RNG_SEED (numpy takes seeds below 2**32, and each rank adds its rank)
-_MAX_SEED = 2**31 - 1
-
 
 def setup_env(rank_id=None, device_id=None):
-    """Sets up the process group, device, output folder, logging and seeds."""
-    config.assert_cfg()
-    if not 0 <= cfg.RNG_SEED <= _MAX_SEED:
-        msg = "config key RNG_SEED is {}; set it from 0 to {}"
-        raise PyclsError(msg.format(cfg.RNG_SEED, _MAX_SEED))
+    """Sets up the process group, device, output folder, logging and seeds (of a config that
+    config.load_cfg_from_args has checked)."""
     device = dist.init(cfg.DEVICE, rank_id=rank_id, device_id=device_id)
     if dist.is_main_proc() and cfg.LOG_DEST == "file":
         cp.check_out_dir()
@@ -60,9 +54,13 @@ def setup_env(rank_id=None, device_id=None):
 
 def setup_out_dir(min_free_bytes=0):
     """Checks OUT_DIR (writable, free space) and dumps the config there (main process only);
-    called once the run's inputs are checked, so a bad input leaves OUT_DIR untouched."""
+    called once the run's inputs are checked, so a bad input leaves OUT_DIR untouched (but for
+    LOG_DEST file, where setup_env has made and checked it for the log)."""
     if dist.is_main_proc():
-        cp.check_out_dir(min_free_bytes=min_free_bytes)
+        if cfg.LOG_DEST == "file":
+            cp.check_free_space(min_free_bytes)
+        else:
+            cp.check_out_dir(min_free_bytes=min_free_bytes)
         cp.lock_out_dir()
         config.dump_cfg()
 
@@ -101,13 +99,13 @@ def setup_model(device):
 
 
 def load_start_state(path, model, model_ema, optimizer, amp):
-    """Resumes from the checkpoint path or loads start weights; returns the first epoch to run."""
+    """Resumes from the checkpoint path or loads start weights; returns the first epoch to run
+    and the lowest error of the run's checkpoints so far (None for a fresh run)."""
     if path:
         epoch, extra = cp.load_checkpoint(path, model, model_ema, optimizer)
         amp.load_state_dict(extra.get("amp_state"))
-        cp.restore_rng_state(extra)
         logger.info("Resumed from {} (next epoch {})".format(path, epoch + 1))
-        return epoch
+        return epoch, extra["best_err"]
     if cfg.TRAIN.WEIGHTS:
         cp.load_weights(cfg.TRAIN.WEIGHTS, model)
         logger.info("Loaded initial weights from: {}".format(cfg.TRAIN.WEIGHTS))
@@ -116,7 +114,7 @@ def load_start_state(path, model, model_ema, optimizer, amp):
         logger.info("Fine-tuning from pretrained weights: {}".format(cfg.TRAIN.PRETRAINED))
     if model_ema is not None:
         model_ema.load_state_dict(model.state_dict())
-    return 0
+    return 0, None
 
 
 def check_finite(stats, where):
@@ -247,7 +245,7 @@ def train_model(rank_id=None, device_id=None):
     model, optimizer = amp.prepare(model, optimizer)
     logger.info("Mixed precision: {}".format(amp.describe()))
     model_ema = copy.deepcopy(model) if cfg.OPTIM.EMA_ALPHA > 0 else None
-    start_epoch = load_start_state(resume_path, model, model_ema, optimizer, amp)
+    start_epoch, best_err = load_start_state(resume_path, model, model_ema, optimizer, amp)
     ddp_model = dist.wrap_model(model, device)
     train_model_fn = torch.compile(ddp_model) if cfg.MODEL.COMPILE else ddp_model
     if cfg.PROFILE.ENABLED:
@@ -256,7 +254,6 @@ def train_model(rank_id=None, device_id=None):
     test_meter = meters.TestMeter(len(test_loader))
     ema_meter = meters.TestMeter(len(test_loader), "test_ema")
     logger.info("Start epoch: {}".format(start_epoch + 1))
-    best_err = np.inf
     for cur_epoch in range(start_epoch, cfg.OPTIM.MAX_EPOCH):
         params = (train_loader, train_model_fn, model_ema, loss_fun, optimizer, amp, train_meter)
         train_epoch(*params, cur_epoch, device)
@@ -273,12 +270,11 @@ def train_model(rank_id=None, device_id=None):
         ema_err = None
         if model_ema is not None:
             ema_err = test_epoch(test_loader, model_ema, amp, ema_meter, cur_epoch, device)
-        best_err = min(best_err, test_err)
         if (cur_epoch + 1) % cfg.TRAIN.CHECKPOINT_PERIOD == 0 or last_epoch:
             extra = {"amp_state": amp.state_dict()}
-            path = cp.save_checkpoint(
-                model, model_ema, optimizer, cur_epoch, test_err, ema_err, extra
-            )
+            args = (model, model_ema, optimizer, cur_epoch, test_err, ema_err, extra, best_err)
+            path = cp.save_checkpoint(*args)
+            best_err = cp.lowest_err(best_err, test_err, ema_err)
             if path:
                 logger.info("Wrote checkpoint to: {}".format(path))
     dist.cleanup()

@@ -82,13 +82,17 @@ def linear(w_in, w_out, *, bias=False):
     return nn.Linear(w_in, w_out, bias=bias)
 
 
+def get_activation(name):
+    """Returns the activation class of a name (relu, silu or swish; MODEL.ACTIVATION_FUN)."""
+    if str(name).lower() not in _ACTIVATIONS:
+        msg = "activation {!r} is not supported; set MODEL.ACTIVATION_FUN to one of {}"
+        raise PyclsError(msg.format(name, ", ".join(_ACTIVATIONS)))
+    return _ACTIVATIONS[str(name).lower()]
+
+
 def activation(p):
     """Builds the activation layer named by the params p (relu, silu or swish)."""
-    name = str(p["activation"]).lower()
-    if name not in _ACTIVATIONS:
-        msg = "activation {!r} is not supported; set MODEL.ACTIVATION_FUN to one of {}"
-        raise PyclsError(msg.format(p["activation"], ", ".join(_ACTIVATIONS)))
-    return _ACTIVATIONS[name](inplace=bool(p["activation_inplace"]))
+    return get_activation(p["activation"])(inplace=bool(p["activation_inplace"]))
 
 
 # --------------------------- Complexity (cx) calculations --------------------------- #

@@ -7,7 +7,7 @@ import difflib
 import os
 
 import pycls.core.builders as builders
-from pycls.core.config import merge_from_file, merge_from_list, reset_cfg
+from pycls.core.config import load_cfg
 from pycls.core.errors import PyclsError
 
 # The configs/ folder of this repository (next to the pycls package)
@@ -72,9 +72,7 @@ def build_model(name, pretrained_path=None, cfg_list=()):
     """Builds a model-zoo model (note: resets and loads the global cfg as well);
     loads weights from the local file pretrained_path when given."""
     config_file = get_config_file(name)
-    reset_cfg()
-    merge_from_file(config_file)
-    merge_from_list(list(cfg_list))
+    load_cfg(config_file, cfg_list)
     model = builders.build_model()
     if pretrained_path:
         _load_weights(pretrained_path, model)
