@@ -603,7 +603,11 @@ def test_a_run_writes_only_into_out_dir(data, tmp_path):
     repo = _copy_repo(str(tmp_path / "repo"))
     out_dir = tmp_path / "out"
     before = _snapshot(repo)
-    env = env_for(PYTHONPATH=repo, TMPDIR=str(tmp_path / "tmp"))
+    # import torchvision makes torch's compile cache folder, by default $TMPDIR/torchinductor_<user>
+    # (torch's, not the run's): it goes elsewhere, as it did when this process's own imports had
+    # set TORCHINDUCTOR_CACHE_DIR for the run to inherit
+    cache = str(tmp_path / "torch_cache")
+    env = env_for(PYTHONPATH=repo, TMPDIR=str(tmp_path / "tmp"), TORCHINDUCTOR_CACHE_DIR=cache)
     os.makedirs(env["TMPDIR"])
     cmd = [sys.executable, os.path.join(repo, "tools", "train_net.py")]
     cmd += opts(out_dir, data, **{"OPTIM.MAX_EPOCH": "1"})
