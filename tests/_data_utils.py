@@ -1,12 +1,10 @@
 """Helpers for the data tests: tiny image folders, bad files and the demo data tool."""
 
-import importlib.util
 import os
 
 import numpy as np
+from conftest import load_tool
 from PIL import Image
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def save_image(path, size=(12, 10), mode="RGB", seed=0, **kwargs):
@@ -47,14 +45,6 @@ def write_bad_file(path, kind):
     with open(path, "wb") as f:
         f.write(data)
     return path
-
-
-def load_tool(name):
-    """Imports tools/<name>.py as a module."""
-    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "tools", name + ".py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def write_demo_data(out_dir, size=16):

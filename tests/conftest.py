@@ -1,6 +1,14 @@
-"""Shared fixtures for the end-to-end tests: the digits demo data and a tiny EfficientNet."""
+"""What the tests share: the config reset around every test, the repo's paths, a free port,
+loading a tool as a module, reading a run's output, the digits demo data and a tiny EfficientNet.
 
+Test files import the helpers (`from conftest import REPO, free_port, ...`); data-making helpers
+live in _data_utils.py.
+"""
+
+import importlib.util
+import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -87,15 +95,22 @@ def tiny_cfg(tmp_path_factory):
     return str(path)
 
 
-@pytest.fixture
-def fresh_cfg(tmp_path):
-    """The default config around a test, with OUT_DIR in the test's tmp_path."""
+@pytest.fixture(autouse=True)
+def clean_cfg():
+    """Gives every test the default config and leaves it behind (the one config reset)."""
     from pycls.core import config
 
     config.reset_cfg()
-    config.cfg.OUT_DIR = str(tmp_path)
     yield
     config.reset_cfg()
+
+
+@pytest.fixture
+def fresh_cfg(clean_cfg, tmp_path):
+    """The default config with OUT_DIR in the test's tmp_path."""
+    from pycls.core import config
+
+    config.cfg.OUT_DIR = str(tmp_path)
 
 
 def run_tool(tool, *args, env=None, cwd=REPO):
@@ -105,10 +120,50 @@ def run_tool(tool, *args, env=None, cwd=REPO):
     return subprocess.run(cmd, capture_output=True, text=True, env=full_env, cwd=cwd)
 
 
-def json_stats(text, data_type):
-    """Returns the json_stats dicts of one _type found in a log text."""
-    import json
+def child_env(**extra):
+    """Returns the environment of a child run: no launcher variables, one thread, the repo
+    importable, then extra."""
+    env = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARS}
+    env.update(OMP_NUM_THREADS="1")
+    env["PYTHONPATH"] = os.pathsep.join([REPO, env.get("PYTHONPATH", "")])
+    env.update(extra)
+    return env
 
+
+def free_port():
+    """Returns a TCP port on 127.0.0.1 that is free now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def load_tool(name):
+    """Imports tools/<name>.py as a module (tools are scripts, not a package)."""
+    path = os.path.join(REPO, "tools", name + ".py")
+    spec = importlib.util.spec_from_file_location("tool_" + name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def last_line(text):
+    """Returns the last non-empty line of a text ("" if none)."""
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+
+def json_stats(text, data_type):
+    """Returns the json_stats dicts of one _type in a log text (or caplog.messages joined),
+    oldest first. Lines cut off by a killed process (or mixed with another) are left out."""
     prefix = "json_stats: "
-    stats = [json.loads(ln.split(prefix, 1)[1]) for ln in text.splitlines() if prefix in ln]
-    return [s for s in stats if s["_type"] == data_type]
+    found = []
+    for line in text.splitlines():
+        if prefix not in line:
+            continue
+        try:
+            stats = json.loads(line.split(prefix, 1)[1])  # NaN and Infinity included
+        except ValueError:
+            continue
+        if isinstance(stats, dict) and stats.get("_type") == data_type:
+            found.append(stats)
+    return found

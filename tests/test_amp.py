@@ -9,19 +9,16 @@ import pytest
 import torch
 
 from pycls.core import amp as amp_lib
-from pycls.core.config import cfg, reset_cfg
+from pycls.core.config import cfg
 from pycls.core.errors import PyclsError
 
 CPU = torch.device("cpu")
 
 
 @pytest.fixture(autouse=True)
-def clean_cfg(monkeypatch):
-    """Gives each test the default config and no apex."""
-    reset_cfg()
+def no_apex(monkeypatch):
+    """Gives each test no apex."""
     monkeypatch.setitem(sys.modules, "apex", None)
-    yield
-    reset_cfg()
 
 
 def set_amp(opt_level="O1", dtype="auto", loss_scale="dynamic", backend="auto"):

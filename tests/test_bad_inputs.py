@@ -22,7 +22,7 @@ import tempfile
 import pytest
 import torch
 from _data_utils import make_image_folder, write_bad_file, write_huge_header_image
-from conftest import LAUNCH_VARS, REPO, TINY_EN_OPTS
+from conftest import LAUNCH_VARS, REPO, TINY_EN_OPTS, free_port, last_line
 
 import pycls.core.builders as builders
 from pycls.core import config
@@ -151,13 +151,6 @@ def old_stack(name, *args, torch_version="2.0.1"):
 def tiny_pairs(**changes):
     """Returns TINY's KEY VALUE pairs with changes, as a flat list."""
     return [x for kv in dict(TINY, **changes).items() for x in kv]
-
-
-def free_port():
-    """Returns a TCP port on 127.0.0.1 that is free now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def no_cuda(ws):
@@ -1062,12 +1055,6 @@ def run_row(r, ws):
     )
     checked = result.stdout if merged else result.stderr
     return result.returncode, checked, result.stdout + (result.stderr or "")
-
-
-def last_line(text):
-    """Returns the last non-empty line of a text."""
-    lines = [line for line in text.strip().splitlines() if line.strip()]
-    return lines[-1] if lines else ""
 
 
 @pytest.fixture(scope="module")

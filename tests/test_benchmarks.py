@@ -11,8 +11,8 @@ import sys
 
 import pytest
 import torch
+from conftest import REPO
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _BENCH = os.path.join(REPO, "benchmarks", "train_throughput.py")
 _GPU_SH = os.path.join(REPO, "benchmarks", "gpu.sh")
 _TINY = ["--batch", "2", "--im-size", "32", "--rounds", "1", "--steps", "1", "--warmup", "1"]

@@ -13,7 +13,6 @@ import yaml
 
 import pycls.core.checkpoint as cp
 import pycls.core.distributed as dist
-from pycls.core import config
 from pycls.core.config import cfg
 from pycls.core.errors import PyclsError
 
@@ -44,12 +43,9 @@ class Payload:
 
 
 @pytest.fixture(autouse=True)
-def fresh_cfg(tmp_path):
-    config.reset_cfg()
-    cfg.OUT_DIR = str(tmp_path)
+def effnet_cfg(fresh_cfg):
+    """The default config (OUT_DIR in tmp_path) of an EfficientNet."""
     cfg.MODEL.TYPE = "effnet"
-    yield
-    config.reset_cfg()
 
 
 def _trained(model):

@@ -4,20 +4,13 @@ import glob
 import os
 
 import pytest
+from conftest import REPO
 
 from pycls.core import config
 from pycls.core.config import cfg
 from pycls.core.errors import PyclsError
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EN_B3 = os.path.join(REPO, "configs/dds_baselines/effnet/EN-B3_dds_8gpu.yaml")
-
-
-@pytest.fixture(autouse=True)
-def fresh_cfg():
-    config.reset_cfg()
-    yield
-    config.reset_cfg()
 
 
 def test_every_config_loads_and_passes_checks():

@@ -9,28 +9,19 @@ import numpy as np
 import pytest
 import torch
 from _data_utils import (
-    REPO,
-    load_tool,
     make_image_folder,
     save_image,
     write_bad_file,
     write_demo_data,
     write_huge_header_image,
 )
+from conftest import REPO, load_tool
 from PIL import Image
 
-from pycls.core.config import reset_cfg
 from pycls.core.errors import PyclsError
 from pycls.datasets import transforms
 from pycls.datasets.imagenet import ImageNet, check_same_classes, decode_image, load_image
 from pycls.datasets.synthetic import Synthetic
-
-
-@pytest.fixture(autouse=True)
-def fresh_cfg():
-    reset_cfg()
-    yield
-    reset_cfg()
 
 
 def _identity(im):

@@ -7,16 +7,8 @@ import pytest
 import torch
 
 from pycls.core import device
-from pycls.core.config import cfg, reset_cfg
+from pycls.core.config import cfg
 from pycls.core.errors import PyclsError
-
-
-@pytest.fixture(autouse=True)
-def clean_cfg():
-    """Gives each test the default config."""
-    reset_cfg()
-    yield
-    reset_cfg()
 
 
 @pytest.fixture

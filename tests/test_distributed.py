@@ -2,18 +2,15 @@
 
 import datetime
 import os
-import socket
 import subprocess
 import sys
 
 import pytest
 import torch
+from conftest import LAUNCH_VARS, REPO, child_env, free_port
 
 from pycls.core import distributed as du
 from pycls.core.errors import PyclsError
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-LAUNCH_VARS = ["RANK", "LOCAL_RANK", "WORLD_SIZE", "RANK_SIZE", "MASTER_ADDR", "MASTER_PORT"]
 
 # One rank of a 2-process run: reduce tensors, train one DDP step, save the results
 WORKER = """
@@ -129,20 +126,11 @@ def test_init_defaults_rendezvous(clean_env, monkeypatch):
     assert (os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"]) == ("127.0.0.1", "29688")
 
 
-def free_port():
-    """Returns a TCP port on 127.0.0.1 that is free now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def run_two_ranks(tmp_path, mode):
     """Runs WORKER as 2 processes launched torchrun-style or seed-style; returns results."""
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
-    base = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARS}
-    base.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), OMP_NUM_THREADS="1")
-    base["PYTHONPATH"] = os.pathsep.join([REPO, base.get("PYTHONPATH", "")])
+    base = child_env(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
     procs = []
     for rank in range(2):
         env = dict(base)
@@ -221,3 +209,17 @@ def test_a_stalled_peer_ends_in_one_line_naming_the_rank_and_the_wait(tmp_path):
     line = err0.strip().splitlines()[-1]
     assert line.startswith("error: rank 0 waited 2 s for another process in a collective"), err0
     assert line.endswith("if it is only slow, raise DIST.TIMEOUT") and "Traceback" not in err0
+
+
+def test_a_torchrun_restart_uses_keys_of_its_own(monkeypatch):
+    calls = []
+    monkeypatch.setattr(du.torch_dist, "TCPStore", lambda *a, **k: calls.append((a, k)) or "s")
+    monkeypatch.setattr(du.torch_dist, "PrefixStore", lambda prefix, store: (prefix, store))
+    monkeypatch.setenv("MASTER_ADDR", "10.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", "29500")
+    monkeypatch.setenv("TORCHELASTIC_USE_AGENT_STORE", "True")
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "0")
+    assert du._restart_store(2) is None  # the first attempt: torch's own keys
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "2")
+    assert du._restart_store(2) == ("pycls_restart_2", "s")
+    assert calls == [(("10.0.0.1", 29500, 2), {"is_master": False})]

@@ -6,12 +6,11 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO
+from conftest import REPO, load_tool
 
-sys.path.insert(0, os.path.join(REPO, "tools"))
-import final_result as fr  # noqa: E402
+from pycls.core.errors import PyclsError
 
-from pycls.core.errors import PyclsError  # noqa: E402
+fr = load_tool("final_result")
 
 TOOL = os.path.join(REPO, "tools", "final_result.py")
 

@@ -7,13 +7,14 @@ import socket
 import subprocess
 import sys
 import time
+import types
 import uuid
 
 import pytest
 import torch
 from conftest import LAUNCH_VARS, REPO, json_stats
 
-from pycls.core import launch
+from pycls.core import errors, launch
 
 TEST_DIR = os.path.join(REPO, "test")
 # A launcher output id of our own, removed afterwards (the launchers write test/output/<id>/)
@@ -258,3 +259,22 @@ def test_a_stopped_cli_ends_in_one_line(tmp_path, sig, under_torchrun):
     else:
         line = "stopped by SIG{}; rerun the same command to resume from epoch 4\n".format(sig)
         assert res.stderr == line
+
+
+def test_the_launcher_blames_the_rank_that_failed_first():
+    def failure(exitcode, message="", timestamp=10):
+        fake = types.SimpleNamespace(exitcode=exitcode, pid=100, timestamp=timestamp)
+        fake.error_file = "/x/error.json" if message else "<N/A>"
+        fake.message = message
+        return fake
+
+    lost = "error: rank 0 {} (reset); the job's first failure says why".format(errors.LOST_PEER)
+    cases = [
+        ({0: failure(-signal.SIGTERM), 1: failure(2, "error: bad batch", 11)}, 1),
+        ({0: failure(1, lost, 9), 1: failure(1)}, 1),
+        ({0: failure(-signal.SIGTERM), 1: failure(-signal.SIGKILL, timestamp=12)}, 1),
+        ({0: failure(2, "error: a", 12), 1: failure(2, "error: b", 11)}, 1),
+    ]
+    for failures, blamed in cases:
+        assert launch._root_cause(failures)[0] == blamed
+    assert launch._recorded_error(failure(2, "error: bad batch")) == "bad batch"

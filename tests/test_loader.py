@@ -14,16 +14,9 @@ import torch.distributed as torch_dist
 from _data_utils import make_image_folder, write_bad_file
 from torch.utils.data.distributed import DistributedSampler
 
-from pycls.core.config import cfg, reset_cfg
+from pycls.core.config import cfg
 from pycls.core.errors import PyclsError
 from pycls.datasets import loader, synthetic
-
-
-@pytest.fixture(autouse=True)
-def fresh_cfg():
-    reset_cfg()
-    yield
-    reset_cfg()
 
 
 @pytest.fixture
@@ -38,6 +31,12 @@ def data(tmp_path):
     cfg.TRAIN.BATCH_SIZE, cfg.TEST.BATCH_SIZE = 4, 4
     cfg.MODEL.NUM_CLASSES = 2
     return tmp_path
+
+
+@pytest.fixture
+def data_3_classes(tmp_path):
+    """A tiny image folder: 3 classes, 8 train and 4 val images each, 16x16."""
+    return str(make_image_folder(str(tmp_path), ("a", "b", "c"), {"train": 8, "val": 4}, (16, 16)))
 
 
 def _batches(data_loader):
@@ -415,3 +414,23 @@ def test_workers_end_when_their_rank_is_killed(data):
     while any(loader._is_alive(p) for p in pids) and time.time() < deadline:
         time.sleep(0.2)
     assert not any(loader._is_alive(p) for p in pids)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_an_epochs_batches_do_not_depend_on_the_epochs_before(fresh_cfg, data_3_classes, workers):
+    cfg.TRAIN.DATASET, cfg.DATA_LOADER.DATA_PATH = "imagenet", data_3_classes
+    cfg.MODEL.NUM_CLASSES, cfg.TRAIN.IM_SIZE, cfg.TRAIN.BATCH_SIZE = 3, 8, 4
+    cfg.DATA_LOADER.NUM_WORKERS = workers
+
+    def last_epoch(epochs):
+        train_loader = loader.construct_train_loader()
+        for epoch in epochs:
+            loader.shuffle(train_loader, epoch)
+            batches = [(x.clone(), y.clone()) for x, y in train_loader]
+        return batches
+
+    straight, resumed = last_epoch([0, 1, 2]), last_epoch([2])
+    assert len(straight) == len(resumed) == 6
+    for (x0, y0), (x1, y1) in zip(straight, resumed):
+        assert torch.equal(y0, y1) and torch.equal(x0, x1)
+    assert not torch.equal(last_epoch([1])[0][0], straight[0][0])

@@ -6,7 +6,7 @@ import math
 import re
 
 import pytest
-import simplejson
+from conftest import json_stats
 
 import pycls.core.distributed as dist
 import pycls.core.logging as logging
@@ -25,11 +25,6 @@ def restore_root_logger():
         if handler not in handlers:
             handler.close()
     root.handlers, root.level = handlers, level
-
-
-def _parse(line):
-    assert line.startswith("json_stats: ")
-    return simplejson.loads(line[len("json_stats: ") :], allow_nan=True)
 
 
 def test_dump_log_data_line_format():
@@ -53,7 +48,8 @@ def test_float_to_decimal_rounds_and_keeps_small_values():
 def test_non_finite_values_dump_as_nan_and_inf():
     line = logging.dump_log_data({"loss": float("nan"), "eta": float("inf")}, "train_iter")
     assert "NaN" in line and "Infinity" in line
-    data = _parse(line)
+    assert line.startswith("json_stats: ")
+    (data,) = json_stats(line, "train_iter")
     assert math.isnan(data["loss"]) and math.isinf(data["eta"])
 
 

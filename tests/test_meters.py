@@ -4,13 +4,12 @@ import math
 import re
 
 import pytest
-import simplejson
 import torch
+from conftest import json_stats
 
 import pycls.core.distributed as dist
 import pycls.core.meters as meters
 import pycls.core.timer as timer
-from pycls.core import config
 from pycls.core.config import cfg
 
 
@@ -25,12 +24,9 @@ class FakeClock:
 
 
 @pytest.fixture(autouse=True)
-def fresh_cfg(tmp_path):
-    config.reset_cfg()
-    cfg.OUT_DIR = str(tmp_path)
+def ten_epochs(fresh_cfg):
+    """The default config (OUT_DIR in tmp_path) of a 10-epoch run."""
     cfg.OPTIM.MAX_EPOCH = 10
-    yield
-    config.reset_cfg()
 
 
 @pytest.fixture
@@ -55,9 +51,8 @@ def _run_train_iters(meter, clock, iters, cur_epoch=0):
 
 
 def _json_lines(caplog, data_type):
-    lines = [r.getMessage() for r in caplog.records if "json_stats: " in r.getMessage()]
-    data = [simplejson.loads(m.split("json_stats: ", 1)[1], allow_nan=True) for m in lines]
-    return [d for d in data if d["_type"] == data_type]
+    """Returns the json_stats of a type that the test logged."""
+    return json_stats("\n".join(caplog.messages), data_type)
 
 
 def test_timer_with_fake_clock(clock):

@@ -92,14 +92,6 @@ def _one_thread():
     torch.set_num_threads(threads)
 
 
-@pytest.fixture(autouse=True)
-def _clean_cfg():
-    """Gives every test the default config and leaves it behind."""
-    reset_cfg()
-    yield
-    reset_cfg()
-
-
 def _load(rel_path):
     """Loads a config under configs/dds_baselines into cfg."""
     merge_from_file(os.path.join(_CONFIGS, rel_path))

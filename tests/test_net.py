@@ -12,14 +12,6 @@ from pycls.core.config import cfg, merge_from_list, reset_cfg
 from pycls.models.effnet import EffNet
 
 
-@pytest.fixture(autouse=True)
-def _clean_cfg():
-    """Gives every test the default config and leaves it behind."""
-    reset_cfg()
-    yield
-    reset_cfg()
-
-
 def _set(**values):
     """Sets config keys given as SECTION__KEY=value."""
     opts = []
@@ -280,22 +272,15 @@ du.cleanup()
 def _run_pbn_ranks(tmp_path):
     """Runs _PBN_WORKER as 2 gloo processes; returns each rank's BN stats."""
     import inspect
-    import os
-    import socket
     import subprocess
     import sys
 
-    from conftest import LAUNCH_VARS, REPO
+    from conftest import REPO, child_env, free_port
 
     helpers = "\n\n".join(inspect.getsource(f) for f in (_pbn_images, _pbn_model, _pbn_stats))
     script = tmp_path / "pbn_worker.py"
     script.write_text(_PBN_WORKER.format(helpers=helpers))
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    env = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARS}
-    env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1")
-    env["PYTHONPATH"] = os.pathsep.join([REPO, env.get("PYTHONPATH", "")])
+    env = child_env(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
     procs = [
         subprocess.Popen(
             [sys.executable, str(script), str(tmp_path)],

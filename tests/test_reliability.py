@@ -6,28 +6,18 @@ uninterrupted one does. Failures are injected by HOOKED_TRAIN, a copy of tools/t
 test hooks, so the production code holds no test hooks.
 """
 
-import json
 import os
-import random
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
-import types
 
-import numpy as np
 import pytest
 import torch
 from _data_utils import make_image_folder
-from conftest import LAUNCH_VARS, REPO, TINY_EN_OPTS
-
-import pycls.core.logging as logging
-from pycls.core import amp as amp_module
-from pycls.core import config, distributed, errors, launch, trainer
-from pycls.core.config import cfg
+from conftest import REPO, TINY_EN_OPTS, child_env, free_port, json_stats, last_line
 
 CFG = os.path.join(REPO, "configs", "dds_baselines", "effnet", "EN-B0_dds_8gpu.yaml")
 TRAIN_NET = os.path.join(REPO, "tools", "train_net.py")
@@ -59,6 +49,7 @@ WORKERS = {"DATA_LOADER.NUM_WORKERS": "2"}
 #   none      nothing
 # Each rank also saves its own model state at each checkpoint to OUT_DIR/rank<r>_last.pyth.
 HOOKED_TRAIN = """
+import inspect
 import io
 import os
 import sys
@@ -77,6 +68,11 @@ def main():
     action, epoch, it, rank = os.environ["PYCLS_TEST_HOOK"].split(":")
     state = {"epoch": 0, "iter": 0}
     train_epoch, train_step, save = trainer.train_epoch, trainer.train_step, torch.save
+    save_checkpoint = trainer.cp.save_checkpoint
+
+    def arguments(fun, args, kwargs):
+        # A hooked call's arguments by name, so the hooks outlive changes of argument order
+        return inspect.signature(fun).bind(*args, **kwargs).arguments
 
     def marker():
         return os.environ["PYCLS_TEST_MARKER"] + ".rank{}".format(dist.get_rank())
@@ -85,11 +81,11 @@ def main():
         mine = rank == "all" or int(rank) == dist.get_rank()
         return mine and state["epoch"] == int(epoch) and not os.path.exists(marker())
 
-    def hooked_epoch(*args):
-        state["epoch"], state["iter"] = args[7] + 1, 0
-        return train_epoch(*args)
+    def hooked_epoch(*args, **kwargs):
+        state["epoch"], state["iter"] = arguments(train_epoch, args, kwargs)["cur_epoch"] + 1, 0
+        return train_epoch(*args, **kwargs)
 
-    def hooked_step(*args):
+    def hooked_step(*args, **kwargs):
         state["iter"] += 1
         if action in ("exit", "raise", "pause") and armed() and state["iter"] == int(it):
             open(marker(), "w").close()
@@ -99,25 +95,27 @@ def main():
                 raise PyclsError("injected failure on rank {}".format(dist.get_rank()))
             open(marker() + ".paused", "w").close()
             time.sleep(300)
-        return train_step(*args)
+        return train_step(*args, **kwargs)
 
-    def hooked_save(obj, f, *args, **kwargs):
+    def hooked_save(*args, **kwargs):
+        call = arguments(save, args, kwargs)
+        obj, f = call["obj"], call["f"]
         if action == "killsave" and armed() and isinstance(obj, dict) and "model_state" in obj:
             buf = io.BytesIO()
-            save(obj, buf, *args, **kwargs)
+            save(**dict(call, f=buf))
             f.write(buf.getvalue()[: len(buf.getvalue()) // 2])
             f.flush()
             open(marker(), "w").close()
             os._exit(137)
-        return save(obj, f, *args, **kwargs)
+        return save(*args, **kwargs)
 
-    def hooked_checkpoint(model, *args):
-        state = trainer.net.unwrap_model(model).state_dict()
+    def hooked_checkpoint(*args, **kwargs):
+        model = arguments(save_checkpoint, args, kwargs)["model"]
+        weights = trainer.net.unwrap_model(model).state_dict()
         path = "{}/rank{}_last.pyth".format(trainer.cfg.OUT_DIR, dist.get_rank())
-        save({k: v.clone() for k, v in state.items()}, path)
-        return save_checkpoint(model, *args)
+        save({k: v.clone() for k, v in weights.items()}, path)
+        return save_checkpoint(*args, **kwargs)
 
-    save_checkpoint = trainer.cp.save_checkpoint
     trainer.train_epoch, trainer.train_step, torch.save = hooked_epoch, hooked_step, hooked_save
     trainer.cp.save_checkpoint = hooked_checkpoint
     trainer.run_job(trainer.train_model, sys.argv[1:], "train_net.py with test hooks")
@@ -158,12 +156,8 @@ def hooked(tmp_path_factory):
 
 
 def env_for(**extra):
-    """Returns the environment of a run: one thread, no launcher variables, the repo importable."""
-    env = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARS}
-    env.update(OMP_NUM_THREADS="1", PYCLS_REPO=REPO)
-    env["PYTHONPATH"] = os.pathsep.join([REPO, env.get("PYTHONPATH", "")])
-    env.update(extra)
-    return env
+    """Returns the environment of a run (conftest's child_env) with PYCLS_REPO for HOOKED_TRAIN."""
+    return child_env(PYCLS_REPO=REPO, **extra)
 
 
 def opts(out_dir, data, **changes):
@@ -179,24 +173,11 @@ def train(out_dir, data, script=TRAIN_NET, env=None, **changes):
     return subprocess.run(cmd, env=env or env_for(), capture_output=True, text=True)
 
 
-def free_port():
-    """Returns a TCP port on 127.0.0.1 that is free now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def torchrun_cmd(script, out_dir, data, restarts=0, module="pycls.core.launch", **changes):
     """Returns the command of a 2-process gloo run through torchrun (or pycls's wrapper)."""
     cmd = [sys.executable, "-m", module, "--nproc_per_node=2", "--max-restarts={}".format(restarts)]
     cmd += ["--master_addr=127.0.0.1", "--master_port={}".format(free_port()), script]
     return cmd + opts(out_dir, data, **dict({"NUM_GPUS": "2"}, **changes))
-
-
-def stats(text, data_type):
-    """Returns the json_stats rows of a type from a run's output, oldest first."""
-    rows = [logging._parse_line(line) for line in text.splitlines()]
-    return [r for r in rows if r is not None and r["_type"] == data_type]
 
 
 def checkpoint(out_dir, epoch):
@@ -211,11 +192,13 @@ def assert_same_end(out_a, log_a, out_b, log_b, epoch=3):
     assert a["model_state"].keys() == b["model_state"].keys()
     for key, value in a["model_state"].items():
         assert torch.equal(value, b["model_state"][key]), key
-    test_a, test_b = stats(log_a, "test_epoch")[-1], stats(log_b, "test_epoch")[-1]
+    test_a, test_b = json_stats(log_a, "test_epoch")[-1], json_stats(log_b, "test_epoch")[-1]
     assert test_a["epoch"] == test_b["epoch"] == "{}/{}".format(epoch, epoch)
     for key in ("top1_err", "top5_err"):
         assert test_a[key] == test_b[key]
-    assert stats(log_a, "train_epoch")[-1]["loss"] == stats(log_b, "train_epoch")[-1]["loss"]
+    assert (
+        json_stats(log_a, "train_epoch")[-1]["loss"] == json_stats(log_b, "train_epoch")[-1]["loss"]
+    )
 
 
 def wait_for(path, proc):
@@ -229,12 +212,6 @@ def resumed_from(text):
     """Returns the epoch a run says it resumed from, or None."""
     match = re.search(r"Resumed from \S*model_epoch_(\d+)\.pyth", text)
     return int(match.group(1)) if match else None
-
-
-def last_error_line(text):
-    """Returns the last non-empty line of a text."""
-    lines = [line for line in text.strip().splitlines() if line.strip()]
-    return lines[-1] if lines else ""
 
 
 @pytest.fixture(scope="module")
@@ -438,7 +415,7 @@ def test_failed_rank_ends_the_job_with_its_error(data, hooked, module, tmp_path)
         assert result.returncode == 2 and "Traceback" not in result.stderr
         assert re.fullmatch(
             r"error: rank 1 \(pid \d+\) failed: injected failure on rank 1; the job stopped",
-            last_error_line(result.stderr),
+            last_line(result.stderr),
         )
 
 
@@ -451,7 +428,7 @@ def test_crashed_rank_without_restarts_is_named(data, hooked, tmp_path):
     assert re.fullmatch(
         r"error: rank 1 \(pid \d+\) exited with code 1 and no error message; see its output "
         r"above; the job stopped",
-        last_error_line(result.stderr),
+        last_line(result.stderr),
     )
     assert "Traceback" not in result.stderr
 
@@ -488,46 +465,8 @@ def test_nan_loss_stops_every_rank_at_the_same_iteration(data, tmp_path):
     assert result.returncode == 2
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: loss is")]
     assert len(errors) == 2 and errors[0] == errors[1]  # both ranks, the same place
-    assert re.fullmatch(
-        r"error: rank \d \(pid \d+\) failed: loss is .*", last_error_line(result.stderr)
-    )
+    assert re.fullmatch(r"error: rank \d \(pid \d+\) failed: loss is .*", last_line(result.stderr))
     assert not os.path.exists(out_dir / "checkpoints" / "model_epoch_0001.pyth")
-
-
-@pytest.fixture
-def fresh_cfg(tmp_path):
-    config.reset_cfg()
-    cfg.OUT_DIR = str(tmp_path)
-    yield
-    config.reset_cfg()
-
-
-def test_amp_overflow_steps_are_counted_not_fatal(fresh_cfg, caplog):
-    cfg.MODEL.NUM_CLASSES, cfg.LOG_PERIOD = 3, 1
-    cfg.AMP.OPT_LEVEL, cfg.AMP.DTYPE, cfg.AMP.LOSS_SCALE = "O1", "float16", "dynamic"
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    cpu = torch.device("cpu")
-    amp = amp_module.Amp(cpu)
-    steps = {"n": 0}
-
-    def overflow_once(grad):  # the 2nd backward overflows (inf gradients)
-        steps["n"] += 1
-        return grad * float("inf") if steps["n"] == 2 else grad
-
-    model[1].weight.register_hook(overflow_once)
-    dataset = torch.utils.data.TensorDataset(torch.randn(16, 3, 2, 2), torch.randint(3, (16,)))
-    loader = torch.utils.data.DataLoader(dataset, batch_size=4)
-    loss_fun = torch.nn.CrossEntropyLoss()
-    meter = trainer.meters.TrainMeter(len(loader))
-    with caplog.at_level("INFO"):
-        trainer.train_epoch(loader, model, None, loss_fun, optimizer, amp, meter, 0, cpu)
-    epoch = [
-        r for r in map(logging._parse_line, caplog.messages) if r and r["_type"] == "train_epoch"
-    ]
-    assert epoch[0]["amp_skipped"] == 1 and steps["n"] == 4
-    assert amp.skipped_steps == 1 and amp.state_dict()["skipped_steps"] == 1
 
 
 # ------------------------------------ checkpoints ----------------------------------- #
@@ -548,7 +487,7 @@ def test_truncated_newest_checkpoint_falls_back_to_the_previous_one(data, tmp_pa
     )
     assert re.search(r"Resuming from \S*model_epoch_0002\.pyth instead of the unreadable", log)
     assert resumed_from(log) == 2
-    assert [row["epoch"] for row in stats(log, "train_epoch")] == ["3/3"]
+    assert [row["epoch"] for row in json_stats(log, "train_epoch")] == ["3/3"]
     assert checkpoint(out_dir, 3)["epoch"] == 2  # rewritten, whole
     assert_same_end(out_dir, first.stdout, out_dir, log)
 
@@ -664,7 +603,11 @@ def test_a_run_writes_only_into_out_dir(data, tmp_path):
     repo = _copy_repo(str(tmp_path / "repo"))
     out_dir = tmp_path / "out"
     before = _snapshot(repo)
-    env = env_for(PYTHONPATH=repo, TMPDIR=str(tmp_path / "tmp"))
+    # import torchvision makes torch's compile cache folder, by default $TMPDIR/torchinductor_<user>
+    # (torch's, not the run's): it goes elsewhere, as it did when this process's own imports had
+    # set TORCHINDUCTOR_CACHE_DIR for the run to inherit
+    cache = str(tmp_path / "torch_cache")
+    env = env_for(PYTHONPATH=repo, TMPDIR=str(tmp_path / "tmp"), TORCHINDUCTOR_CACHE_DIR=cache)
     os.makedirs(env["TMPDIR"])
     cmd = [sys.executable, os.path.join(repo, "tools", "train_net.py")]
     cmd += opts(out_dir, data, **{"OPTIM.MAX_EPOCH": "1"})
@@ -701,107 +644,3 @@ def test_launcher_quotes_paths_and_never_runs_input(data, tmp_path):
     )
     assert result.returncode == 2 and not pwned.exists()
     assert "error: data path {} does not exist".format(bad) in result.stdout + result.stderr
-
-
-# ------------------------------------ unit level ------------------------------------ #
-
-
-@pytest.mark.parametrize("workers", [0, 2])
-def test_an_epochs_batches_do_not_depend_on_the_epochs_before(fresh_cfg, data, workers):
-    from pycls.datasets import loader
-
-    cfg.TRAIN.DATASET, cfg.DATA_LOADER.DATA_PATH = "imagenet", data
-    cfg.MODEL.NUM_CLASSES, cfg.TRAIN.IM_SIZE, cfg.TRAIN.BATCH_SIZE = 3, 8, 4
-    cfg.DATA_LOADER.NUM_WORKERS = workers
-
-    def last_epoch(epochs):
-        train_loader = loader.construct_train_loader()
-        for epoch in epochs:
-            loader.shuffle(train_loader, epoch)
-            batches = [(x.clone(), y.clone()) for x, y in train_loader]
-        return batches
-
-    straight, resumed = last_epoch([0, 1, 2]), last_epoch([2])
-    assert len(straight) == len(resumed) == 6
-    for (x0, y0), (x1, y1) in zip(straight, resumed):
-        assert torch.equal(y0, y1) and torch.equal(x0, x1)
-    assert not torch.equal(last_epoch([1])[0][0], straight[0][0])
-
-
-def test_epoch_seeds_depend_on_seed_epoch_and_rank(fresh_cfg, monkeypatch):
-    def draws(epoch):
-        trainer.seed_epoch(epoch)
-        return torch.rand(2).tolist(), float(np.random.rand()), random.random()
-
-    assert draws(3) == draws(3) and draws(3) != draws(4)
-    main = draws(3)
-    monkeypatch.setattr(trainer.dist, "get_rank", lambda: 1)
-    assert draws(3) != main
-    cfg.RNG_SEED = 2
-    monkeypatch.setattr(trainer.dist, "get_rank", lambda: 0)
-    assert draws(3) != main
-
-
-def test_lost_peer_is_one_line_and_recorded_for_torchrun(tmp_path, monkeypatch, capsys):
-    error_file = tmp_path / "error.json"
-    monkeypatch.setenv("TORCHELASTIC_ERROR_FILE", str(error_file))
-    monkeypatch.setenv("RANK", "3")
-    text = "[/x/gloo/transport/tcp/pair.cc:545] Read error [::1]:5: Connection reset by peer. Bye"
-
-    def lost():
-        raise RuntimeError(text)
-
-    with pytest.raises(SystemExit) as exit_info:
-        errors.run_cli(lost)
-    assert exit_info.value.code == 1
-    line = "error: rank 3 lost contact with another process of the job (Read error [::1]:5: "
-    line += "Connection reset by peer); the job's first failure says why"
-    assert capsys.readouterr().err == line + "\n"
-    assert json.loads(error_file.read_text())["message"] == line
-    with pytest.raises(RuntimeError, match="a bug"):  # other errors keep their traceback
-        errors.run_cli(lambda: (_ for _ in ()).throw(RuntimeError("a bug")))
-
-
-def test_an_error_line_is_one_write(monkeypatch):
-    # Ranks failing together share one stderr pipe: each line must reach it in one write
-    # (stderr is write-through, so print() would send the text and its newline apart)
-    writes = []
-    fake = types.SimpleNamespace(write=writes.append, flush=lambda: None)
-    monkeypatch.setattr(sys, "stderr", fake)
-    monkeypatch.delenv("TORCHELASTIC_ERROR_FILE", raising=False)
-    with pytest.raises(SystemExit):
-        errors.run_cli(lambda: (_ for _ in ()).throw(errors.PyclsError("bad batch")))
-    assert writes == ["error: bad batch\n"]
-
-
-def test_the_launcher_blames_the_rank_that_failed_first():
-    def failure(exitcode, message="", timestamp=10):
-        fake = types.SimpleNamespace(exitcode=exitcode, pid=100, timestamp=timestamp)
-        fake.error_file = "/x/error.json" if message else "<N/A>"
-        fake.message = message
-        return fake
-
-    lost = "error: rank 0 {} (reset); the job's first failure says why".format(errors.LOST_PEER)
-    cases = [
-        ({0: failure(-signal.SIGTERM), 1: failure(2, "error: bad batch", 11)}, 1),
-        ({0: failure(1, lost, 9), 1: failure(1)}, 1),
-        ({0: failure(-signal.SIGTERM), 1: failure(-signal.SIGKILL, timestamp=12)}, 1),
-        ({0: failure(2, "error: a", 12), 1: failure(2, "error: b", 11)}, 1),
-    ]
-    for failures, blamed in cases:
-        assert launch._root_cause(failures)[0] == blamed
-    assert launch._recorded_error(failure(2, "error: bad batch")) == "bad batch"
-
-
-def test_a_torchrun_restart_uses_keys_of_its_own(monkeypatch):
-    calls, torch_dist = [], distributed.torch_dist
-    monkeypatch.setattr(torch_dist, "TCPStore", lambda *a, **k: calls.append((a, k)) or "s")
-    monkeypatch.setattr(torch_dist, "PrefixStore", lambda prefix, store: (prefix, store))
-    monkeypatch.setenv("MASTER_ADDR", "10.0.0.1")
-    monkeypatch.setenv("MASTER_PORT", "29500")
-    monkeypatch.setenv("TORCHELASTIC_USE_AGENT_STORE", "True")
-    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "0")
-    assert distributed._restart_store(2) is None  # the first attempt: torch's own keys
-    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "2")
-    assert distributed._restart_store(2) == ("pycls_restart_2", "s")
-    assert calls == [(("10.0.0.1", 29500, 2), {"is_master": False})]

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision
+from conftest import REPO, load_tool
 from PIL import Image
 
 import pycls.core.builders as builders
@@ -20,8 +21,7 @@ from pycls.core.config import cfg, merge_from_file, merge_from_list, reset_cfg
 from pycls.core.errors import PyclsError
 from pycls.datasets.imagenet import load_image
 
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_EFFNET = os.path.join(_ROOT, "configs", "dds_baselines", "effnet")
+_EFFNET = os.path.join(REPO, "configs", "dds_baselines", "effnet")
 _EN_B0 = os.path.join(_EFFNET, "EN-B0_dds_8gpu.yaml")
 _EN_B3 = os.path.join(_EFFNET, "EN-B3_dds_8gpu.yaml")
 
@@ -31,38 +31,22 @@ _TINY = ["--cfg", _EN_B0]
 _NUM_CLASSES = 10
 
 
-def _load_tool(name):
-    """Imports tools/<name>.py as a module."""
-    path = os.path.join(_ROOT, "tools", name + ".py")
-    spec = importlib.util.spec_from_file_location("tool_" + name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+predict = load_tool("predict")
+export_onnx = load_tool("export_onnx")
+plot_log = load_tool("plot_log")
+convert_weights = load_tool("convert_weights")
 
 
-predict = _load_tool("predict")
-export_onnx = _load_tool("export_onnx")
-plot_log = _load_tool("plot_log")
-convert_weights = _load_tool("convert_weights")
-
-
-@pytest.fixture(autouse=True)
-def _fresh_cfg():
-    """Gives each test the default config and leaves it that way."""
-    reset_cfg()
-    yield
-    reset_cfg()
-
-
-def _calibrate_bn(model, im_size, batch_size):
-    """Sets BN running stats from a random batch, so eval outputs depend on the input."""
+def _calibrate_bn(model, inputs):
+    """Sets BN running stats to those of a batch (the model's outputs then depend on its
+    input in eval mode); returns the model in eval mode."""
     bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     for m in bns:
         m.reset_running_stats()
         m.momentum = None
     model.train()
     with torch.no_grad():
-        model(torch.randn(batch_size, 3, im_size, im_size))
+        model(inputs)
     for m in bns:
         m.momentum = 0.1
     return model.eval()
@@ -76,7 +60,7 @@ def _tiny_model():
     torch.manual_seed(0)
     model = builders.build_model()
     torch.nn.init.normal_(model.head.fc.weight, std=0.01)
-    return _calibrate_bn(model, 32, 32)
+    return _calibrate_bn(model, torch.randn(32, 3, 32, 32))
 
 
 @pytest.fixture(scope="module")
@@ -209,7 +193,7 @@ def test_predict_cli_reports_bad_image_and_exits_2(weights, tmp_path):
     good = _write_image(str(tmp_path / "good.png"), 2)
     bad = tmp_path / "bad.png"
     bad.write_text("not a png")
-    cmd = [sys.executable, os.path.join(_ROOT, "tools", "predict.py")] + _TINY
+    cmd = [sys.executable, os.path.join(REPO, "tools", "predict.py")] + _TINY
     cmd += ["--weights", weights, "--device", "cpu", good, str(bad)] + _TINY_OPTS
     result = subprocess.run(cmd, capture_output=True, text=True, cwd=str(tmp_path))
     assert result.returncode == 2
@@ -428,7 +412,7 @@ def _randomised_tv_b3():
             m.bias.data.normal_(0.0, 0.2)
             m.running_mean.normal_(0.0, 0.2)
             m.running_var.uniform_(0.5, 2.0)
-    return _calibrate_bn(model, 96, 16)
+    return _calibrate_bn(model, torch.randn(16, 3, 96, 96))
 
 
 @pytest.fixture(scope="module")
@@ -490,19 +474,10 @@ def tv_b3_photo(tv_b3, tmp_path_factory):
     size, not chaotic); returns (model, its state dict file)."""
     import copy
 
-    model = copy.deepcopy(tv_b3[0])
-    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None
-    model.train()
-    with torch.no_grad():
-        model(_torchvision_eval(_photo_crops(), 72, 64))
-    for m in bns:
-        m.momentum = 0.1
+    model = _calibrate_bn(copy.deepcopy(tv_b3[0]), _torchvision_eval(_photo_crops(), 72, 64))
     path = str(tmp_path_factory.mktemp("tv_photo") / "efficientnet_b3.pth")
     torch.save(model.state_dict(), path)
-    return model.eval(), path
+    return model, path
 
 
 @pytest.mark.parametrize("order", ["bgr", "rgb"])
@@ -584,13 +559,13 @@ def test_convert_weights_key_map():
 
 @pytest.mark.parametrize("tool", ["predict", "export_onnx", "plot_log", "convert_weights"])
 def test_tool_help(tool):
-    cmd = [sys.executable, os.path.join(_ROOT, "tools", tool + ".py"), "--help"]
+    cmd = [sys.executable, os.path.join(REPO, "tools", tool + ".py"), "--help"]
     result = subprocess.run(cmd, capture_output=True, text=True)
     assert result.returncode == 0 and "usage:" in result.stdout
 
 
 def test_tool_error_is_one_line(tmp_path):
-    cmd = [sys.executable, os.path.join(_ROOT, "tools", "convert_weights.py")]
+    cmd = [sys.executable, os.path.join(REPO, "tools", "convert_weights.py")]
     cmd += ["--src", str(tmp_path / "missing.pth"), "--out", str(tmp_path / "x.pyth")]
     result = subprocess.run(cmd, capture_output=True, text=True)
     assert result.returncode == 2

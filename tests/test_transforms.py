@@ -6,20 +6,12 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
-from pycls.core.config import reset_cfg
 from pycls.core.errors import PyclsError
 from pycls.datasets import transforms
 from pycls.datasets.augment import make_augment
 
 MEAN = torch.tensor(transforms.MEAN).view(3, 1, 1)
 STD = torch.tensor(transforms.STD).view(3, 1, 1)
-
-
-@pytest.fixture(autouse=True)
-def fresh_cfg():
-    reset_cfg()
-    yield
-    reset_cfg()
 
 
 def _flat(value, size=(3, 20, 30)):

@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import LAUNCH_VARS, REPO
+from conftest import REPO, child_env
 
 from pycls.core import versions
 
@@ -44,12 +44,6 @@ def test_check_names_both_versions_and_the_fix(monkeypatch):
     assert versions.check_versions() is None  # torchvision absent: its import error says so
 
 
-def _env(**fake):
-    env = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARS}
-    env["PYTHONPATH"] = os.pathsep.join([REPO, env.get("PYTHONPATH", "")])
-    return dict(env, **fake)
-
-
 @pytest.mark.parametrize(
     "tool,fake",
     [
@@ -64,7 +58,7 @@ def test_cli_refuses_an_old_stack_in_one_line(tmp_path, tool, fake):
     cfg = os.path.join(REPO, "configs", "demo", "EN-B3_digits_cpu.yaml")
     cmd = [sys.executable, str(runner), os.path.join(REPO, "tools", tool + ".py"), "--cfg", cfg]
     res = subprocess.run(cmd + ["x.jpg"] * (tool == "predict"), capture_output=True, text=True,
-                         env=_env(**fake), cwd=str(tmp_path))  # fmt: skip
+                         env=child_env(**fake), cwd=str(tmp_path))  # fmt: skip
     assert res.returncode == 2, res.stderr
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: this code needs torch >= 2.3"), lines
@@ -81,7 +75,7 @@ def test_launcher_refuses_an_old_stack_in_one_line(tmp_path):
     python.write_text('#!/bin/sh\nexec "{}" "{}" "$@"\n'.format(sys.executable, runner))
     python.chmod(0o755)
     output_id = "96"  # the launcher logs to test/output/<id>/, removed below
-    env = _env(FAKE_TORCH="1.8.1", PYTHON=str(python), ASCEND_DEVICE_ID=output_id)
+    env = child_env(FAKE_TORCH="1.8.1", PYTHON=str(python), ASCEND_DEVICE_ID=output_id)
     cmd = ["bash", os.path.join(REPO, "test", "train_full_1p.sh"), "--data_path=" + str(tmp_path)]
     try:
         res = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=str(tmp_path))
