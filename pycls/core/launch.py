@@ -4,6 +4,11 @@
 it), and a CLI started alone with NUM_GPUS > 1 calls `launch_local`, the same path. On top of
 torchrun this module:
 - checks up front that MASTER_PORT is free (one line naming the port and the fix);
+- for several nodes (static rendezvous): checks NODE_RANK < NNODES, and has the nodes meet on
+  node 0's store before torchrun starts, so that node counts or process counts that disagree
+  end in one line on every node instead of a wait; RDZV_TIMEOUT (seconds, default 600, as
+  torchrun) bounds the meeting and torchrun's rendezvous; a node whose ranks lost contact
+  with another node names that node;
 - reads a failed job into one line naming the first rank that failed and its error;
 - turns SIGINT/SIGTERM into one line (`stopped by SIGTERM; rerun the same command to resume
   from epoch N`) and exit 130/143, after torchrun has stopped every rank (each rank and its
