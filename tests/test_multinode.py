@@ -97,8 +97,24 @@ def finish(procs, marker, limit_s=300):
         for p in procs:
             if p.poll() is None:
                 os.killpg(p.pid, signal.SIGKILL)
-    wait_for(lambda: not job_pids(marker), 30, "the job's processes to end")
+    try:
+        wait_for(lambda: not job_pids(marker), 30, "the job's processes to end")
+    except AssertionError:
+        msg = "processes of the job are left: {}".format(commands(marker))
+        raise AssertionError(msg) from None
     return codes
+
+
+def commands(marker):
+    """Returns the command lines of the job's processes still on the machine."""
+    found = []
+    for pid in job_pids(marker):
+        try:
+            with open("/proc/{}/cmdline".format(pid), "rb") as f:
+                found.append(f.read().replace(b"\0", b" ").decode(errors="replace")[:200])
+        except OSError:
+            pass
+    return found
 
 
 def output(tmp_path, rank):
@@ -149,7 +165,7 @@ def test_two_nodes_end_as_one_node_of_the_same_world(data, one_node, tmp_path):
     codes = finish(procs, marker)
     node0, node1 = output(tmp_path, 0), output(tmp_path, 1)
     assert codes == [0, 0], node0[-3000:] + node1[-3000:]
-    assert figures(node0) and figures(node0) == figures(one_node[1])
+    assert figures(node0) and figures(node0) == figures(one_node[1]), node0[-3000:]
     for data_type, keys in (("test_epoch", ("top1_err", "top5_err")), ("train_epoch", ("loss",))):
         two, one = stats(node0, data_type)[-1], stats(one_node[1], data_type)[-1]
         assert [two[k] for k in keys] == [one[k] for k in keys], data_type
@@ -164,10 +180,11 @@ def test_two_nodes_end_as_one_node_of_the_same_world(data, one_node, tmp_path):
         if name.startswith("train_full_8p."):
             with open(os.path.join(OUTPUT, name)) as f:
                 logs[name] = f.read()
-    assert logs["train_full_8p.node1.log"].startswith("Node 1 of 2:")
+    assert logs["train_full_8p.node1.log"].startswith("Node 1 of 2:"), sorted(logs)
     assert "Node 0 of 2:" in logs["train_full_8p.log"]  # not moved aside by node 1
     assert "Final Train Accuracy" in logs["train_full_8p.log"]
-    assert [n for n, text in logs.items() if "Node 1 of 2" in text] == ["train_full_8p.node1.log"]
+    node1_logs = [n for n, text in logs.items() if "Node 1 of 2" in text]
+    assert node1_logs == ["train_full_8p.node1.log"], sorted(logs)
 
 
 def test_a_lost_node_ends_the_other_in_one_line(data, tmp_path):
