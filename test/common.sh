@@ -48,17 +48,39 @@ open_run_log() {
 # Prints the Final result block of this run (from its own log, or for a finished run's rerun
 # from OUT_DIR's saved result), appends it to the log and writes the ModelZoo summary.
 print_final_result() {
-    local py=$1 case_name=$2 out_dir=$3 e2e=$4 summary_dir=$5
-    if [ "${NODE_RANK:-0}" != 0 ]; then
-        echo "Final result: printed by node 0 (NODE_RANK 0)" | tee -a "$RUN_LOG_OUT"
-        return 0
+    local py=$1 case_name=$2 out_dir=$3 e2e=$4 summary_dir=$5 status=0
+    if [ "$NODE_RANK" -eq 0 ]; then  # only node 0 (global rank 0) has the figures and files
+        "$py" "$REPO_DIR/tools/final_result.py" "$RUN_LOG_OUT" --case "$case_name" --e2e "$e2e" \
+            --out_dir "$out_dir" --summary_dir "$summary_dir" | tee -a "$RUN_LOG_OUT"
+        status=${PIPESTATUS[0]}
     fi
-    "$py" "$REPO_DIR/tools/final_result.py" "$RUN_LOG_OUT" --case "$case_name" --e2e "$e2e" \
-        --out_dir "$out_dir" --summary_dir "$summary_dir" | tee -a "$RUN_LOG_OUT"
-    local status=${PIPESTATUS[0]}
+    [ "$NNODES" -gt 1 ] && node_block "$status" | tee -a "$RUN_LOG_OUT"
     # The log's name now (a later job may have kept it as <case>.log.N meanwhile)
     echo "Log: $(readlink "$RUN_LOG_OUT" 2>/dev/null || echo "$RUN_LOG_OUT")" >&2
     return "$status"
+}
+
+# node_block STATUS: the closing block of this node of a multi-node job
+node_block() {
+    local first=$((NODE_RANK * NODE_NPROC))
+    echo "------------------ Node $NODE_RANK of $NNODES ------------------"
+    echo "Node rank : $NODE_RANK"
+    echo "Processes : $NODE_NPROC (global ranks $first-$((first + NODE_NPROC - 1)))"
+    echo "Exit status : $1"
+    if [ "$NODE_RANK" -ne 0 ]; then
+        echo "Final result : printed by node 0 (NODE_RANK 0), which holds the global figures"
+    fi
+}
+
+# check_nodes: NNODES and NODE_RANK (default 1 and 0) must be whole numbers, NODE_RANK < NNODES
+check_nodes() {
+    NNODES=${NNODES:-1} NODE_RANK=${NODE_RANK:-0}
+    local fix="give each of the NNODES nodes the same NNODES and its own NODE_RANK 0..NNODES-1"
+    fix+=" (node 0 runs global rank 0 and listens on MASTER_PORT)"
+    [[ "$NNODES" =~ ^[0-9]+$ ]] && [ "$NNODES" -ge 1 ] || die "NNODES (--nnodes) is '$NNODES'; $fix"
+    [[ "$NODE_RANK" =~ ^[0-9]+$ ]] && [ "$NODE_RANK" -lt "$NNODES" ] ||
+        die "NODE_RANK (--node_rank) is $NODE_RANK but NNODES is $NNODES; $fix"
+    NNODES=$((10#$NNODES)) NODE_RANK=$((10#$NODE_RANK))
 }
 
 # Seconds a stopped job gets to end on its own before it is killed (it must be gone in 10 s)
@@ -126,7 +148,12 @@ launch() {
     for ((i = 0; i + 1 < ${#extra[@]}; i += 2)); do
         [ "${extra[i]}" = OUT_DIR ] && out_dir=${extra[i + 1]}
     done
+    check_nodes
+    NODE_NPROC=$nproc
+    # Node 0 keeps the seed's log name; other nodes (maybe on the same machine or a shared
+    # file system) log to <case>.node<N>.log, so no node moves another's log aside
     log="$TEST_DIR/output/$id/$case_name.log"
+    [ "$NODE_RANK" -eq 0 ] || log="$TEST_DIR/output/$id/$case_name.node$NODE_RANK.log"
     mkdir -p "$(dirname "$log")" || die "cannot create $(dirname "$log"); check its permissions"
     open_run_log "$log" "$py"
     export PYTHONPATH="$REPO_DIR${PYTHONPATH:+:$PYTHONPATH}"
@@ -137,17 +164,21 @@ launch() {
     fi
     local args=(--cfg "$cfg_file" --data_path "$data_path")
     [ -n "$device" ] && args+=(--device "$device")
-    local nnodes=${NNODES:-1}
+    local nnodes=$NNODES
     local runner=("$py")
     if [ "$nproc" -gt 1 ] || [ "$nnodes" -gt 1 ]; then
         runner=("$py" -m pycls.core.launch --nproc_per_node="$nproc" --nnodes="$nnodes"
-            --node_rank="${NODE_RANK:-0}" --master_addr="${MASTER_ADDR:-127.0.0.1}"
+            --node_rank="$NODE_RANK" --master_addr="${MASTER_ADDR:-127.0.0.1}"
             --master_port="${MASTER_PORT:-29500}" --max-restarts="${MAX_RESTARTS:-0}"
             --no-python "$TEST_DIR/bind_cores.sh" "$py")
     else
         args+=(--device_id "$id")
     fi
     echo "Log: $log" >&2
+    if [ "$nnodes" -gt 1 ]; then
+        echo "Node $NODE_RANK of $nnodes: $nproc processes, master ${MASTER_ADDR:-127.0.0.1}:${MASTER_PORT:-29500}, rendezvous timeout ${RDZV_TIMEOUT:-600} s" |
+            tee -a "$RUN_LOG_OUT" >&2
+    fi
     local start end status
     start=$(date +%s)
     # NUM_GPUS last: the launcher's process count wins, so config and world size always agree

@@ -810,6 +810,59 @@ ROWS = [
         stream="output",
     ),
     row(
+        "launcher_node_rank_too_big",
+        "`NNODES=2 NODE_RANK=2` for `test/train_full_8p.sh` (node ranks are 0..NNODES-1)",
+        launcher(
+            "train_full_8p.sh",
+            lambda ws: "--data_path=" + ws["data"],
+            "--device=cpu",
+            env={"NNODES": "2", "NODE_RANK": "2", "RANK_SIZE": "1"},
+        ),
+        r"error: NODE_RANK \(--node_rank\) is 2 but NNODES is 2; give each of the NNODES nodes "
+        r"the same NNODES and its own NODE_RANK 0\.\.NNODES-1 \(node 0 runs global rank 0 and "
+        r"listens on MASTER_PORT\)",
+    ),
+    row(
+        "launch_node_rank_too_big",
+        "`python -m pycls.core.launch --nnodes=2 --node_rank=5`",
+        lambda ws: (
+            [sys.executable, "-m", "pycls.core.launch", "--nproc_per_node=1", "--nnodes=2"]
+            + ["--node_rank=5", "--master_port={}".format(free_port())]
+            + train("NUM_GPUS", "2")(ws)[0][1:],
+            None,
+        ),
+        r"error: NODE_RANK \(--node_rank\) is 5 but NNODES is 2; give each of the NNODES nodes "
+        r"the same NNODES and its own NODE_RANK 0\.\.NNODES-1 \(node 0 runs global rank 0 and "
+        r"listens on MASTER_PORT\)",
+    ),
+    row(
+        "launcher_rdzv_timeout_bad",
+        "`RDZV_TIMEOUT=soon` for a 2-node `test/train_full_8p.sh`",
+        launcher(
+            "train_full_8p.sh",
+            lambda ws: "--data_path=" + ws["data"],
+            "--device=cpu",
+            env={"NNODES": "2", "NODE_RANK": "1", "RANK_SIZE": "1", "RDZV_TIMEOUT": "soon"},
+        ),
+        r"error: RDZV_TIMEOUT='soon' must be a whole number of seconds above 0 \(default 600\)",
+        stream="output",
+    ),
+    row(
+        "launcher_node_alone",
+        "node 1 of 2 started alone (node 0 never starts), `RDZV_TIMEOUT=3`",
+        launcher(
+            "train_full_8p.sh",
+            lambda ws: "--data_path=" + ws["data"],
+            "--device=cpu",
+            env={"NNODES": "2", "NODE_RANK": "1", "RANK_SIZE": "1", "RDZV_TIMEOUT": "3"},
+        ),
+        r"error: node 1 could not reach node 0 at 127\.0\.0\.1:\d+ within 3 s \(.*\); start node "
+        r"0 \(NODE_RANK=0\) with the same NNODES, MASTER_ADDR and MASTER_PORT, check that this "
+        r"machine can reach that address, or raise RDZV_TIMEOUT",
+        stream="output",
+        slow=True,
+    ),
+    row(
         "launch_port_in_use",
         "`python -m pycls.core.launch --master_port=P` with P in use",
         lambda ws: (

@@ -109,7 +109,10 @@ def _exit_with_launcher(rank):
         while os.getppid() == parent:
             time.sleep(_LAUNCHER_POLL_S)
         msg = "error: rank {}: its launcher (pid {}) has died, so this rank stops too"
-        write_stderr_line(msg.format(rank, parent))
+        try:
+            write_stderr_line(msg.format(rank, parent))
+        except OSError:  # the output pipe died with the launcher: stop all the same
+            pass
         os._exit(1)
 
     threading.Thread(target=watch, name="launcher-watch", daemon=True).start()

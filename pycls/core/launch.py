@@ -4,6 +4,11 @@
 it), and a CLI started alone with NUM_GPUS > 1 calls `launch_local`, the same path. On top of
 torchrun this module:
 - checks up front that MASTER_PORT is free (one line naming the port and the fix);
+- for several nodes (static rendezvous): checks NODE_RANK < NNODES, and has the nodes meet on
+  node 0's store before torchrun starts, so that node counts or process counts that disagree
+  end in one line on every node instead of a wait; RDZV_TIMEOUT (seconds, default 600, as
+  torchrun) bounds the meeting and torchrun's rendezvous; a node whose ranks lost contact
+  with another node names that node;
 - reads a failed job into one line naming the first rank that failed and its error;
 - turns SIGINT/SIGTERM into one line (`stopped by SIGTERM; rerun the same command to resume
   from epoch N`) and exit 130/143, after torchrun has stopped every rank (each rank and its
@@ -37,6 +42,11 @@ _STOP_NOISE_LOGGERS = (
     "torch.distributed.elastic.multiprocessing.api",
 )
 
+# Seconds the nodes of a multi-node job wait for each other to join (torchrun's own default);
+# the environment variable sets it, torchrun's --rdzv_conf=timeout=N wins over both
+RDZV_TIMEOUT_VAR = "RDZV_TIMEOUT"
+RDZV_TIMEOUT_DEFAULT = 600
+
 # Epoch number in a checkpoint's file name
 _EPOCH_RE = re.compile(r"model_epoch_(\d+)\.pyth$")
 
@@ -46,9 +56,132 @@ def launch(argv):
     from torch.distributed import run as torchrun
 
     args = torchrun.parse_args(argv)
-    if args.node_rank == 0 and not args.standalone and args.rdzv_backend == "static":
+    nnodes = _check_nodes(args)
+    if nnodes > 1:
+        args.rdzv_conf = _with_timeout(args.rdzv_conf, rdzv_timeout())
+    static = not args.standalone and args.rdzv_backend == "static"
+    if args.node_rank == 0 and static:
         check_port_free(args.master_addr, args.master_port)
-    _run(torchrun, args)
+    store = _meet(args, nnodes) if nnodes > 1 and static else None
+    _run(torchrun, args, nnodes)
+    del store  # node 0's store served torchrun's rendezvous too (same port, one server)
+
+
+def _meet(args, nnodes):
+    """Checks, before torchrun starts, that every node has the same NNODES and process count
+    and its own NODE_RANK: each node ends in one line when they do not, instead of waiting.
+    Returns node 0's store (torchrun's static rendezvous shares its server, multi_tenant)."""
+    import datetime
+
+    from torch.distributed import TCPStore
+
+    timeout = int(_conf_timeout(args.rdzv_conf))
+    mine = "{} {}".format(nnodes, args.nproc_per_node)
+    rank, is_master = args.node_rank, args.node_rank == 0
+    try:
+        store = TCPStore(
+            args.master_addr, args.master_port, None, is_master,
+            datetime.timedelta(seconds=timeout), wait_for_workers=False, multi_tenant=True,
+        )  # fmt: skip
+        if store.add("pycls_meet/claim/{}".format(rank), 1) > 1:
+            msg = "NODE_RANK {} is taken by another node; give each node its own NODE_RANK "
+            raise PyclsError(msg.format(rank) + "0..NNODES-1")
+        store.set("pycls_meet/node/{}".format(rank), mine)
+        if is_master:
+            _meet_as_master(store, nnodes, mine, timeout)
+        else:
+            _agree(0, store.get("pycls_meet/node/0").decode(), rank, mine)
+            verdict = store.get("pycls_meet/verdict").decode()
+            store.add("pycls_meet/read", 1)
+            if verdict != "ok":
+                raise PyclsError(verdict)
+    except PyclsError:
+        raise
+    except Exception as e:
+        if not _is_store_error(e):
+            raise
+        raise PyclsError(_rendezvous_text(args, nnodes, e)) from None
+    return store
+
+
+def _meet_as_master(store, nnodes, mine, timeout):
+    """Node 0: waits for every node's counts, then tells them all whether they agree."""
+    import time
+
+    keys = ["pycls_meet/node/{}".format(n) for n in range(1, nnodes)]
+    end = time.monotonic() + timeout
+    verdict = "ok"
+    try:
+        while not store.check(keys):
+            for n, key in enumerate(keys, 1):
+                if store.check([key]):
+                    _agree(n, store.get(key).decode(), 0, mine)
+            if time.monotonic() > end:
+                missing = [str(n) for n, k in enumerate(keys, 1) if not store.check([k])]
+                msg = "node 0 waited {} s for node(s) {} to join (NNODES={}); start every node "
+                msg += "with NNODES={} and the same MASTER_ADDR and MASTER_PORT, each with its "
+                msg += "own NODE_RANK, or raise {}"
+                raise PyclsError(
+                    msg.format(timeout, ", ".join(missing), nnodes, nnodes, RDZV_TIMEOUT_VAR)
+                )
+            time.sleep(0.2)
+        for n, key in enumerate(keys, 1):
+            _agree(n, store.get(key).decode(), 0, mine)
+    except PyclsError as e:
+        verdict = str(e)
+        raise
+    finally:
+        store.set("pycls_meet/verdict", verdict)
+        end = time.monotonic() + 5  # the others read it before this node ends
+        while store.add("pycls_meet/read", 0) < nnodes - 1 and time.monotonic() < end:
+            time.sleep(0.1)
+
+
+def _agree(other, theirs, rank, mine):
+    """Raises the one line of two nodes whose NNODES or process counts differ."""
+    if theirs == mine:
+        return
+    (a_n, a_p), (b_n, b_p) = mine.split(), theirs.split()
+    msg = "the nodes disagree: node {} has NNODES={} and {} processes, node {} has NNODES={} "
+    msg += "and {} processes; give every node the same NNODES and RANK_SIZE (processes per node)"
+    first, second = sorted([(rank, a_n, a_p), (other, b_n, b_p)])
+    raise PyclsError(msg.format(*first, *second))
+
+
+def rdzv_timeout():
+    """Returns the seconds nodes wait for each other to join (env RDZV_TIMEOUT, default 600)."""
+    value = os.environ.get(RDZV_TIMEOUT_VAR, str(RDZV_TIMEOUT_DEFAULT)).strip()
+    if not value.isdigit() or int(value) < 1:
+        msg = "{}={!r} must be a whole number of seconds above 0 (default {})"
+        raise PyclsError(msg.format(RDZV_TIMEOUT_VAR, value, RDZV_TIMEOUT_DEFAULT))
+    return int(value)
+
+
+def _with_timeout(rdzv_conf, seconds):
+    """Returns torchrun's --rdzv_conf with timeout=seconds added (one given there wins)."""
+    pairs = [p for p in (rdzv_conf or "").split(",") if p.strip()]
+    if any(p.split("=")[0].strip() == "timeout" for p in pairs):
+        return rdzv_conf
+    return ",".join(pairs + ["timeout={}".format(seconds)])
+
+
+def _check_nodes(args):
+    """Returns the node count of torchrun's args; raises PyclsError when NODE_RANK does not fit."""
+    text = str(args.nnodes)
+    if not text.isdigit() or int(text) < 1:
+        return 1 if ":" in text else _bad_nodes("NNODES (--nnodes) is {!r}".format(text))
+    nnodes = int(text)
+    if not 0 <= args.node_rank < nnodes:
+        what = "NODE_RANK (--node_rank) is {} but NNODES is {}".format(args.node_rank, nnodes)
+        _bad_nodes(what)
+    return nnodes
+
+
+def _bad_nodes(what):
+    """Raises the one line of a node count or node rank that cannot be."""
+    msg = "{}; give each of the NNODES nodes the same NNODES and its own NODE_RANK "
+    msg += "0..NNODES-1 (node 0 runs global rank 0 and listens on MASTER_PORT)"
+    raise PyclsError(msg.format(what))
 
 
 def launch_local(nproc, script, script_args):
@@ -60,7 +193,7 @@ def launch_local(nproc, script, script_args):
     _run(torchrun, torchrun.parse_args(argv))
 
 
-def _run(torchrun, args):
+def _run(torchrun, args, nnodes=1):
     """Runs torchrun's parsed args, turning a failed rank or a stop signal into one line."""
     from torch.distributed.elastic.multiprocessing import SignalException
     from torch.distributed.elastic.multiprocessing import api as mp_api
@@ -79,9 +212,68 @@ def _run(torchrun, args):
         raise Stopped(e.sigval, stop_line(e.sigval, *_tool_and_out_dir(script))) from None
     except ChildFailedError as e:
         rank, failure = _root_cause(e.failures)
-        error = PyclsError(_failure_text(rank, failure) + "; the job stopped")
+        text = _failure_text(rank, failure)
+        if nnodes > 1 and LOST_PEER in (_recorded_error(failure) or ""):
+            text = "{}: {}".format(_lost_node_text(args, nnodes), text)
+        error = PyclsError(text + "; the job stopped")
         error.exit_code = failure.exitcode if failure.exitcode > 0 else 1
         raise error from None
+    except Exception as e:
+        if nnodes == 1 or not _is_store_error(e):
+            raise
+        raise PyclsError(_rendezvous_text(args, nnodes, e)) from None
+
+
+def _is_store_error(error):
+    """Tells whether an error is torchrun's store failing (a node it could not reach or lost)."""
+    import torch.distributed as torch_dist
+
+    dist_error = getattr(torch_dist, "DistError", ())
+    return isinstance(error, dist_error) or (
+        isinstance(error, RuntimeError) and "timed out" in str(error).lower()
+    )
+
+
+def _rendezvous_text(args, nnodes, error):
+    """Describes in one line why the nodes of a job did not meet (or lost node 0's store)."""
+    timeout = _conf_timeout(args.rdzv_conf)
+    where = "{}:{}".format(args.master_addr, args.master_port)
+    cause = _first_line(error)
+    if args.node_rank > 0:
+        msg = "node {} could not reach node 0 at {} within {} s ({}); start node 0 "
+        msg += "(NODE_RANK=0) with the same NNODES, MASTER_ADDR and MASTER_PORT, check that "
+        msg += "this machine can reach that address, or raise {}"
+        return msg.format(args.node_rank, where, timeout, cause, RDZV_TIMEOUT_VAR)
+    msg = "node 0 waited {} s at {} for the other {} node(s) to join ({}); start every node "
+    msg += "with NNODES={} and the same MASTER_ADDR and MASTER_PORT, each with its own "
+    msg += "NODE_RANK, or raise {}"
+    return msg.format(timeout, where, nnodes - 1, cause, nnodes, RDZV_TIMEOUT_VAR)
+
+
+def _lost_node_text(args, nnodes):
+    """Names the node(s) a node's ranks lost contact with."""
+    others = [n for n in range(nnodes) if n != args.node_rank]
+    if len(others) == 1:
+        lost = "node {}".format(others[0])
+    else:
+        lost = "another node (one of {})".format(", ".join(map(str, others)))
+    msg = "node {} lost {} (its launcher stopped or its machine went away; its log says why)"
+    return msg.format(args.node_rank, lost)
+
+
+def _conf_timeout(rdzv_conf):
+    """Returns the timeout=N of torchrun's --rdzv_conf (seconds)."""
+    for pair in (rdzv_conf or "").split(","):
+        key, _, value = pair.partition("=")
+        if key.strip() == "timeout":
+            return value.strip()
+    return str(RDZV_TIMEOUT_DEFAULT)
+
+
+def _first_line(error):
+    """Returns the first line of an error's text, without torch's [file:line] tag."""
+    lines = str(error).strip().splitlines() or [type(error).__name__]
+    return re.sub(r"^\[[^\]]*\]\s*", "", lines[0]).rstrip(".")[:200]
 
 
 _signals_seen = []
