@@ -72,17 +72,6 @@ node_block() {
     fi
 }
 
-# check_nodes: NNODES and NODE_RANK (default 1 and 0) must be whole numbers, NODE_RANK < NNODES
-check_nodes() {
-    NNODES=${NNODES:-1} NODE_RANK=${NODE_RANK:-0}
-    local fix="give each of the NNODES nodes the same NNODES and its own NODE_RANK 0..NNODES-1"
-    fix+=" (node 0 runs global rank 0 and listens on MASTER_PORT)"
-    [[ "$NNODES" =~ ^[0-9]+$ ]] && [ "$NNODES" -ge 1 ] || die "NNODES (--nnodes) is '$NNODES'; $fix"
-    [[ "$NODE_RANK" =~ ^[0-9]+$ ]] && [ "$NODE_RANK" -lt "$NNODES" ] ||
-        die "NODE_RANK (--node_rank) is $NODE_RANK but NNODES is $NNODES; $fix"
-    NNODES=$((10#$NNODES)) NODE_RANK=$((10#$NODE_RANK))
-}
-
 # Seconds a stopped job gets to end on its own before it is killed (it must be gone in 10 s)
 STOP_GRACE_S=7
 
@@ -148,7 +137,14 @@ launch() {
     for ((i = 0; i + 1 < ${#extra[@]}; i += 2)); do
         [ "${extra[i]}" = OUT_DIR ] && out_dir=${extra[i + 1]}
     done
-    check_nodes
+    export PYTHONPATH="$REPO_DIR${PYTHONPATH:+:$PYTHONPATH}"
+    # The node facts, all checked in one place (pycls/core/slurm.py): NNODES and NODE_RANK (1
+    # and 0 unless set) and, for the 8p launchers in a SLURM job, what the user has not set of
+    # NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT and the processes per node (nproc)
+    local node_env slurm_flag=()
+    [[ $case_name == *_8p ]] || slurm_flag=(--ignore-slurm)
+    node_env=$("$py" -m pycls.core.slurm --nproc "$nproc" "${slurm_flag[@]}") || exit 2
+    eval "$node_env"
     NODE_NPROC=$nproc
     # Node 0 keeps the seed's log name; other nodes (maybe on the same machine or a shared
     # file system) log to <case>.node<N>.log, so no node moves another's log aside
@@ -156,12 +152,7 @@ launch() {
     [ "$NODE_RANK" -eq 0 ] || log="$TEST_DIR/output/$id/$case_name.node$NODE_RANK.log"
     mkdir -p "$(dirname "$log")" || die "cannot create $(dirname "$log"); check its permissions"
     open_run_log "$log" "$py"
-    export PYTHONPATH="$REPO_DIR${PYTHONPATH:+:$PYTHONPATH}"
-    if [[ $case_name == *_8p ]]; then  # unset node facts from SLURM, all checked: core/slurm.py
-        local slurm_env
-        slurm_env=$("$py" -m pycls.core.slurm --nproc "$nproc" --log "$RUN_LOG_OUT") || exit 2
-        eval "$slurm_env"
-    fi
+    [ -z "$NODE_SOURCES" ] || echo "$NODE_SOURCES" | tee -a "$RUN_LOG_OUT" >&2
     local args=(--cfg "$cfg_file" --data_path "$data_path")
     [ -n "$device" ] && args+=(--device "$device")
     local nnodes=$NNODES
@@ -176,7 +167,7 @@ launch() {
     fi
     echo "Log: $log" >&2
     if [ "$nnodes" -gt 1 ]; then
-        echo "Node $NODE_RANK of $nnodes: $nproc processes, master ${MASTER_ADDR:-127.0.0.1}:${MASTER_PORT:-29500}, rendezvous timeout ${RDZV_TIMEOUT:-600} s" |
+        echo "Node $NODE_RANK of $nnodes: RANK_SIZE $nproc (processes on this node), master ${MASTER_ADDR:-127.0.0.1}:${MASTER_PORT:-29500}, rendezvous timeout ${RDZV_TIMEOUT:-600} s" |
             tee -a "$RUN_LOG_OUT" >&2
     fi
     local start end status

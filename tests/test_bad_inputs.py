@@ -810,19 +810,6 @@ ROWS = [
         stream="output",
     ),
     row(
-        "launcher_node_rank_too_big",
-        "`NNODES=2 NODE_RANK=2` for `test/train_full_8p.sh` (node ranks are 0..NNODES-1)",
-        launcher(
-            "train_full_8p.sh",
-            lambda ws: "--data_path=" + ws["data"],
-            "--device=cpu",
-            env={"NNODES": "2", "NODE_RANK": "2", "RANK_SIZE": "1"},
-        ),
-        r"error: NODE_RANK \(--node_rank\) is 2 but NNODES is 2; give each of the NNODES nodes "
-        r"the same NNODES and its own NODE_RANK 0\.\.NNODES-1 \(node 0 runs global rank 0 and "
-        r"listens on MASTER_PORT\)",
-    ),
-    row(
         "launch_node_rank_too_big",
         "`python -m pycls.core.launch --nnodes=2 --node_rank=5`",
         lambda ws: (

@@ -254,8 +254,8 @@ def test_nodes_whose_counts_disagree_end_in_one_line_each(data, tmp_path):
         text = output(tmp_path, rank)
         assert codes[rank] == 2, text[-3000:]
         assert last_line(text) == (
-            "error: the nodes disagree: node 0 has NNODES=2 and 1 processes, node 1 has "
-            "NNODES=3 and 1 processes; give every node the same NNODES and RANK_SIZE "
+            "error: the nodes disagree: node 0 has NNODES=2 and RANK_SIZE=1, node 1 has "
+            "NNODES=3 and RANK_SIZE=1; give every node the same NNODES and RANK_SIZE "
             "(processes per node)"
         ), text[-3000:]
 

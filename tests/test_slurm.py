@@ -239,34 +239,41 @@ def test_failing_scontrol_falls_back_to_the_parser(tmp_path):
     assert facts["MASTER_ADDR"].source.endswith(", parsed")
 
 
-def test_cli_prints_assignments_and_logs_sources(tmp_path, capsys):
-    log = tmp_path / "run.log"
-    assert slurm.main(["--nproc", "8", "--log", str(log)], env=dict(STEP)) == 0
+def test_cli_prints_assignments_and_the_sources_line(capsys):
+    assert slurm.main(["--nproc", "8"], env=dict(STEP)) == 0
     out, err = capsys.readouterr()
-    assert out.splitlines() == [
+    lines = out.splitlines()
+    assert lines[:-1] == [
         "export NNODES=2",
         "export NODE_RANK=1",
         "export MASTER_ADDR=node07",
         "export MASTER_PORT=23456",
         "nproc=4",
     ]
-    assert err.startswith("SLURM job 123456: NNODES=2 (SLURM_STEP_NUM_NODES)")
-    assert log.read_text() == err
+    assert lines[-1].startswith("NODE_SOURCES='SLURM job 123456: NNODES=2 (SLURM_STEP_NUM_NODES)")
+    assert err == ""
 
 
-def test_cli_bad_value_is_one_line_and_exit_2(tmp_path, capsys):
-    log = tmp_path / "run.log"
-    log.write_text("earlier line\n")
+def test_cli_bad_value_is_one_line_and_exit_2(capsys):
     env = dict(STEP, SLURM_NODEID="5")
-    assert slurm.main(["--nproc", "8", "--log", str(log)], env=env) == 2
+    assert slurm.main(["--nproc", "8"], env=env) == 2
     out, err = capsys.readouterr()
     assert out == "" and len(err.splitlines()) == 1 and err.startswith("error: SLURM_NODEID='5'")
-    assert log.read_text() == "earlier line\n" + err
 
 
-def test_cli_outside_slurm_prints_nothing(capsys):
-    assert slurm.main(["--nproc", "8"], env={"NNODES": "2", "NODE_RANK": "1"}) == 0
-    assert capsys.readouterr() == ("", "")
+def test_cli_outside_slurm_prints_the_checked_node_facts_only(capsys):
+    assert slurm.main(["--nproc", "8"], env={"NNODES": "2", "NODE_RANK": "01"}) == 0
+    assert capsys.readouterr() == ("export NNODES=2\nexport NODE_RANK=1\nNODE_SOURCES=''\n", "")
+    assert slurm.main(["--nproc", "8"], env={}) == 0
+    assert capsys.readouterr() == ("export NNODES=1\nexport NODE_RANK=0\nNODE_SOURCES=''\n", "")
+
+
+def test_cli_ignore_slurm_reads_no_slurm_variable(capsys):
+    assert slurm.main(["--nproc", "1", "--ignore-slurm"], env=dict(STEP)) == 0
+    assert capsys.readouterr() == ("export NNODES=1\nexport NODE_RANK=0\nNODE_SOURCES=''\n", "")
+    env = dict(STEP, NODE_RANK="3", NNODES="2")
+    assert slurm.main(["--nproc", "1", "--ignore-slurm"], env=env) == 2
+    assert capsys.readouterr().err.startswith("error: NODE_RANK='3' is not 0..1")
 
 
 # --------------------------- the launchers, stopped before torchrun --------------------------- #
@@ -302,10 +309,10 @@ def run_launcher(tmp_path, script, env):
 
 @pytest.fixture
 def launcher_output():
-    """Removes test/output/DEVICE_ID after a launcher test (unless it was there before)."""
+    """Yields test/output/DEVICE_ID and removes it after a launcher test (unless it was there)."""
     output = os.path.join(REPO, "test", "output", DEVICE_ID)
     existed = os.path.exists(output)
-    yield os.path.join(output, "train_full_8p.log")
+    yield output
     if not existed:
         subprocess.run(["rm", "-rf", output], check=False)
 
@@ -328,8 +335,10 @@ def test_8p_launcher_passes_slurm_values_to_torchrun(tmp_path, launcher_output):
     source = "SLURM job 123456: NNODES=2 (SLURM_STEP_NUM_NODES), NODE_RANK=1 (SLURM_NODEID), "
     source += "MASTER_ADDR=n-a (first host of SLURM_STEP_NODELIST, scontrol)"
     assert source in result.stderr
-    with open(launcher_output) as f:
+    # SLURM made this node 1, whose log is its own (named before the log is opened)
+    with open(os.path.join(launcher_output, "train_full_8p.node1.log")) as f:
         assert source in f.read()
+    assert not os.path.exists(os.path.join(launcher_output, "train_full_8p.log"))
 
 
 def test_8p_launcher_explicit_values_win(tmp_path, launcher_output):

@@ -142,8 +142,8 @@ def _agree(other, theirs, rank, mine):
     if theirs == mine:
         return
     (a_n, a_p), (b_n, b_p) = mine.split(), theirs.split()
-    msg = "the nodes disagree: node {} has NNODES={} and {} processes, node {} has NNODES={} "
-    msg += "and {} processes; give every node the same NNODES and RANK_SIZE (processes per node)"
+    msg = "the nodes disagree: node {} has NNODES={} and RANK_SIZE={}, node {} has NNODES={} "
+    msg += "and RANK_SIZE={}; give every node the same NNODES and RANK_SIZE (processes per node)"
     first, second = sorted([(rank, a_n, a_p), (other, b_n, b_p)])
     raise PyclsError(msg.format(*first, *second))
 

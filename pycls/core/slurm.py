@@ -1,9 +1,10 @@
 """SLURM: the node facts of a multi-node launch, read from a SLURM allocation (torch-free).
 
-The 8p launchers in test/ run `python -m pycls.core.slurm --nproc N [--log FILE]` before they
-start anything and `eval` what it prints: shell assignments of NNODES, NODE_RANK, MASTER_ADDR,
-MASTER_PORT (exported) and the launcher's per-node process count `nproc`. Inside a SLURM job
-(SLURM_JOB_ID set) each value the user has not set comes from SLURM:
+Every launcher in test/ runs `python -m pycls.core.slurm --nproc N [--ignore-slurm]` before it
+starts anything and `eval`s what it prints: shell assignments of NNODES, NODE_RANK, MASTER_ADDR,
+MASTER_PORT (exported) and the launcher's per-node process count `nproc`. It is the one place
+that checks them. Inside a SLURM job (SLURM_JOB_ID set; the 8p launchers only) each value the
+user has not set comes from SLURM:
 
 - NNODES: SLURM_STEP_NUM_NODES (the srun step's), else SLURM_NNODES / SLURM_JOB_NUM_NODES;
 - NODE_RANK: SLURM_NODEID of the srun step (0 on a one-node job; a multi-node job outside an
@@ -15,9 +16,10 @@ MASTER_PORT (exported) and the launcher's per-node process count `nproc`. Inside
 - processes per node: SLURM_GPUS_ON_NODE, SLURM_GPUS_PER_NODE, or the gpu/npu count in
   SLURM_TRES_PER_NODE / SLURM_GRES, else the launcher's default.
 
-Explicit NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT and RANK_SIZE always win. One line says
-where each value came from (stderr and the run log). Outside SLURM nothing is printed but the
-explicit values are checked. A bad value ends in one line naming it and the fix, and exit 2.
+Explicit NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT and RANK_SIZE always win. One line,
+NODE_SOURCES, says where each value came from (the launcher prints it and logs it). Outside SLURM
+only NNODES and NODE_RANK are printed (checked, 1 and 0 by default). A bad value ends in one line
+naming it and the fix, and exit 2.
 """
 
 import argparse
@@ -296,33 +298,31 @@ def sources_line(env, facts):
     return "SLURM job {}: {}".format(env["SLURM_JOB_ID"], ", ".join(parts))
 
 
-def _say(line, log):
-    """Writes a line on stderr and, when given, appends it to the run log."""
-    sys.stderr.write(line + "\n")
-    sys.stderr.flush()
-    if log:
-        try:
-            with open(log, "a") as f:
-                f.write(line + "\n")
-        except OSError:
-            pass
-
-
 def main(argv=None, env=None):
-    """Prints the launch values as shell assignments (exit 2 with one line on a bad value)."""
+    """Prints the launch values as shell assignments (exit 2 with one line on a bad value).
+
+    Always NNODES and NODE_RANK (checked; 1 and 0 by default); inside SLURM also MASTER_ADDR,
+    MASTER_PORT and nproc, and NODE_SOURCES, the line that says where each came from (the
+    launcher writes it to its log once the log is open, since the log's name depends on
+    NODE_RANK). With --ignore-slurm (the 1p launchers) SLURM's variables are not read.
+    """
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nproc", type=int, required=True, help="the launcher's default")
-    parser.add_argument("--log", default="", help="the run log to append the lines to")
+    parser.add_argument("--ignore-slurm", action="store_true", help="read no SLURM variable")
     args = parser.parse_args(argv)
     env = os.environ if env is None else env
+    if args.ignore_slurm:
+        env = {k: v for k, v in env.items() if not k.startswith("SLURM_")}
     try:
         facts = launch_facts(env, args.nproc)
     except PyclsError as e:
-        _say("error: {}".format(e), args.log)
+        sys.stderr.write("error: {}\n".format(e))
         return 2
-    if in_slurm(env):
-        _say(sources_line(env, facts), args.log)
-        print(shell_assignments(facts))
+    if not in_slurm(env):
+        facts = {name: facts[name] for name in ("NNODES", "NODE_RANK")}
+    print(shell_assignments(facts))
+    sources = sources_line(env, facts) if in_slurm(env) else ""
+    print("NODE_SOURCES={}".format(shlex.quote(sources)))
     return 0
 
 
