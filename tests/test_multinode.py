@@ -16,11 +16,9 @@ import uuid
 import pytest
 import torch
 from _data_utils import make_image_folder
-from conftest import LAUNCH_VARS, REPO, TINY_EN_OPTS
+from conftest import REPO, TINY_EN_OPTS, child_env, free_port, json_stats, last_line
 from test_launch import job_pids, wait_for
-from test_reliability import HOOKED_TRAIN, stats
-
-from pycls.core import launch
+from test_reliability import HOOKED_TRAIN
 
 pytestmark = [
     pytest.mark.slow,
@@ -55,8 +53,7 @@ def clean_output():
 
 def env_for(marker, **extra):
     """The environment of one node: no launcher variables, one thread, a job marker."""
-    env = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARS}
-    env.update(OMP_NUM_THREADS="1", PYCLS_TEST_JOB=marker, ASCEND_DEVICE_ID=OUTPUT_ID)
+    env = child_env(PYCLS_TEST_JOB=marker, ASCEND_DEVICE_ID=OUTPUT_ID)
     env.update(PYCLS_REPO=REPO, PYTHON=sys.executable)
     env.update(extra)
     return env
@@ -70,7 +67,7 @@ def launcher_cmd(data, out_dir, **changes):
 
 def start_nodes(cmd, marker, tmp_path, nnodes=(2, 2), ranks=(0, 1), **env):
     """Starts one launcher per node (each in a session of its own); returns their Popens."""
-    port = str(launch.free_port())
+    port = str(free_port())
     procs = []
     for nn, rank in zip(nnodes, ranks):
         node_env = env_for(marker, NNODES=str(nn), NODE_RANK=str(rank), MASTER_PORT=port)
@@ -122,12 +119,6 @@ def output(tmp_path, rank):
     return (tmp_path / "node{}.txt".format(rank)).read_text()
 
 
-def last_line(text):
-    """Returns the last non-empty line of a text."""
-    lines = [line for line in text.strip().splitlines() if line.strip()]
-    return lines[-1] if lines else ""
-
-
 def figures(text):
     """Returns the FIGURES lines of a Final result block."""
     return [ln for ln in text.splitlines() if ln.split(" : ")[0] in FIGURES]
@@ -151,7 +142,7 @@ def assert_same_weights(out_a, out_b):
 def one_node(data, tmp_path_factory):
     """A one-node RANK_SIZE=2 launcher run: (OUT_DIR, its output)."""
     tmp = tmp_path_factory.mktemp("one_node")
-    env = env_for(uuid.uuid4().hex, RANK_SIZE="2", MASTER_PORT=str(launch.free_port()))
+    env = env_for(uuid.uuid4().hex, RANK_SIZE="2", MASTER_PORT=str(free_port()))
     result = subprocess.run(
         launcher_cmd(data, tmp / "out"), env=env, cwd=REPO, capture_output=True, text=True
     )
@@ -167,7 +158,7 @@ def test_two_nodes_end_as_one_node_of_the_same_world(data, one_node, tmp_path):
     assert codes == [0, 0], node0[-3000:] + node1[-3000:]
     assert figures(node0) and figures(node0) == figures(one_node[1]), node0[-3000:]
     for data_type, keys in (("test_epoch", ("top1_err", "top5_err")), ("train_epoch", ("loss",))):
-        two, one = stats(node0, data_type)[-1], stats(one_node[1], data_type)[-1]
+        two, one = json_stats(node0, data_type)[-1], json_stats(one_node[1], data_type)[-1]
         assert [two[k] for k in keys] == [one[k] for k in keys], data_type
     assert_same_weights(one_node[0], out_dir)
     # Node 1: its own log and closing block, no figures, no files of node 0's
@@ -212,7 +203,7 @@ def test_a_crashed_rank_on_node_1_restarts_across_nodes(data, one_node, tmp_path
     marker, out_dir = uuid.uuid4().hex, tmp_path / "out"
     hooked = tmp_path / "hooked_train.py"
     hooked.write_text(HOOKED_TRAIN)
-    port = str(launch.free_port())
+    port = str(free_port())
     hook = {"PYCLS_TEST_HOOK": "exit:2:2:1", "PYCLS_TEST_MARKER": str(tmp_path / "hook")}
     pairs = [x for kv in dict(TINY, OUT_DIR=str(out_dir), NUM_GPUS="2").items() for x in kv]
     procs = []
@@ -240,8 +231,8 @@ def test_a_crashed_rank_on_node_1_restarts_across_nodes(data, one_node, tmp_path
     assert re.search(r"Resumed from \S*model_epoch_0001\.pyth", node0)
     assert_same_weights(one_node[0], out_dir)
     assert (
-        stats(node0, "test_epoch")[-1]["top1_err"]
-        == stats(one_node[1], "test_epoch")[-1]["top1_err"]
+        json_stats(node0, "test_epoch")[-1]["top1_err"]
+        == json_stats(one_node[1], "test_epoch")[-1]["top1_err"]
     )
 
 

@@ -130,7 +130,7 @@ def _fail_on(error):
         if not _lost_peer(e):
             raise
         msg = "error: rank {} {} ({}); the job's first failure says why"
-        _fail(msg.format(_rank(), LOST_PEER, _first_line(e)), 1)
+        _fail(msg.format(_rank(), LOST_PEER, first_line(e)), 1)
 
 
 def _timed_out(error):
@@ -154,7 +154,7 @@ def _timed_out(error):
         fix = "start every rank with the same MASTER_ADDR, MASTER_PORT and WORLD_SIZE, "
         fix += "or raise DIST.TIMEOUT"
     msg = "error: rank {} waited {} for {} ({}); {}"
-    return msg.format(_rank(), waited, what, _first_line(error).rstrip("."), fix)
+    return msg.format(_rank(), waited, what, first_line(error).rstrip("."), fix)
 
 
 def _stop(stopped):
@@ -218,7 +218,7 @@ def _rank():
     return dist.get_rank() if dist is not None else os.environ.get("RANK", "?")
 
 
-def _first_line(error):
+def first_line(error):
     """Returns the first sentence of an error's text, without a leading [source:line] tag."""
     lines = str(error).strip().splitlines()
     line = re.sub(r"^\[[^\]]*\]\s*", "", lines[0] if lines else type(error).__name__)

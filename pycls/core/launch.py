@@ -23,7 +23,7 @@ import signal
 import socket
 import sys
 
-from pycls.core.errors import LOST_PEER, PyclsError, Stopped, run_cli
+from pycls.core.errors import LOST_PEER, PyclsError, Stopped, first_line, run_cli
 
 # torchrun's error file name for a failed rank that recorded no error
 _NO_ERROR_FILE = "<N/A>"
@@ -238,7 +238,7 @@ def _rendezvous_text(args, nnodes, error):
     """Describes in one line why the nodes of a job did not meet (or lost node 0's store)."""
     timeout = _conf_timeout(args.rdzv_conf)
     where = "{}:{}".format(args.master_addr, args.master_port)
-    cause = _first_line(error)
+    cause = first_line(error).rstrip(".")
     if args.node_rank > 0:
         msg = "node {} could not reach node 0 at {} within {} s ({}); start node 0 "
         msg += "(NODE_RANK=0) with the same NNODES, MASTER_ADDR and MASTER_PORT, check that "
@@ -268,12 +268,6 @@ def _conf_timeout(rdzv_conf):
         if key.strip() == "timeout":
             return value.strip()
     return str(RDZV_TIMEOUT_DEFAULT)
-
-
-def _first_line(error):
-    """Returns the first line of an error's text, without torch's [file:line] tag."""
-    lines = str(error).strip().splitlines() or [type(error).__name__]
-    return re.sub(r"^\[[^\]]*\]\s*", "", lines[0]).rstrip(".")[:200]
 
 
 _signals_seen = []
