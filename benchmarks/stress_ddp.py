@@ -3,11 +3,13 @@
 
     python benchmarks/stress_ddp.py [--runs 40] [--limit 300] [--epochs 2] [--workers 2]
         [--data_path DIR] [--cfg FILE] [--work DIR] [--keep] [--output_id ID] [--until S]
-        [KEY VALUE ...]
+        [--nodes 1|2] [KEY VALUE ...]
 
 Each job is `RANK_SIZE=2 bash test/train_full_8p.sh --device=cpu` (a tiny EfficientNet on
 the digits demo data, DATA_LOADER.NUM_WORKERS loader workers per rank), then
-`RANK_SIZE=2 bash test/train_eval_8p.sh` on its last checkpoint. Each launcher runs under a
+`RANK_SIZE=2 bash test/train_eval_8p.sh` on its last checkpoint. With --nodes 2 the train
+launcher runs as two nodes on this machine (`NNODES=2 NODE_RANK=0|1 RANK_SIZE=1`, started at
+once), and the job finishes only when both exit 0. Each launcher runs under a
 hard limit of --limit seconds: past it the job counts as hung, its processes' Python stacks
 are dumped with py-spy (when installed) into the work folder, and every process of the job
 (torchrun starts its ranks in sessions of their own, so all descendants) is killed. Extra
@@ -40,7 +42,15 @@ TINY_EN = [
 OUTPUT_ID = "95"
 
 # Variables of an enclosing launch that must not reach the jobs
-_LAUNCH_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+_LAUNCH_VARS = (
+    "RANK",
+    "LOCAL_RANK",
+    "WORLD_SIZE",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "NNODES",
+    "NODE_RANK",
+)
 
 
 def _free_port():
@@ -113,22 +123,40 @@ def _kill_all(pids):
             pass
 
 
-def run_launcher(cmd, env, limit, log_path, stacks_path):
-    """Runs one launcher under a hard limit; returns "finished", "failed" or "hung"."""
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(
-            cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO, start_new_session=True
+def run_launchers(cmd, envs, limit, log_path, stacks_path):
+    """Runs one launcher per env (the nodes of one job, at once) under a hard limit; returns
+    "finished" (every one exited 0), "failed" or "hung" (one outlived the limit). Node K > 0
+    logs to log_path with .nodeK before its extension."""
+    procs, logs = [], []
+    for k, env in enumerate(envs):
+        root, ext = os.path.splitext(log_path)
+        logs.append(open(log_path if k == 0 else "{}.node{}{}".format(root, k, ext), "w"))
+        procs.append(
+            subprocess.Popen(
+                cmd,
+                stdout=logs[-1],
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=REPO,
+                start_new_session=True,
+            )  # fmt: skip
         )
-        try:
-            status = "finished" if proc.wait(timeout=limit) == 0 else "failed"
-        except subprocess.TimeoutExpired:
-            pids = _descendants(proc.pid)
-            _dump_stacks(pids, stacks_path)
-            _kill_all(_descendants(proc.pid))
-            proc.wait()
-            status = "hung"
-    # Whatever the launcher left behind would hold the port or the CPUs of the next job
-    _kill_all([p for p in _descendants(proc.pid) if p != proc.pid])
+    end, codes = time.time() + limit, []
+    try:
+        for proc in procs:
+            codes.append(proc.wait(timeout=max(end - time.time(), 0.1)))
+        status = "finished" if not any(codes) else "failed"
+    except subprocess.TimeoutExpired:
+        pids = [p for proc in procs for p in _descendants(proc.pid)]
+        _dump_stacks(pids, stacks_path)
+        _kill_all([p for proc in procs for p in _descendants(proc.pid)])
+        status = "hung"
+    for proc in procs:
+        proc.wait()
+    for log in logs:
+        log.close()
+    # Whatever the launchers left behind would hold the port or the CPUs of the next job
+    _kill_all([p for proc in procs for p in _descendants(proc.pid) if p != proc.pid])
     return status
 
 
@@ -138,6 +166,12 @@ def run_job(i, args, env, work):
     os.makedirs(job_dir)
     out_dir = os.path.join(job_dir, "out")
     job_env = dict(env, MASTER_PORT=str(_free_port()))
+    # --nodes N: the train launcher runs as N nodes on 127.0.0.1, 2 // N processes each
+    node_envs = [job_env]
+    if args.nodes > 1:
+        node = dict(job_env, NNODES=str(args.nodes), MASTER_ADDR="127.0.0.1")
+        node["RANK_SIZE"] = str(2 // args.nodes)
+        node_envs = [dict(node, NODE_RANK=str(k)) for k in range(args.nodes)]
     common = ["--data_path=" + args.data_path, "--device=cpu"]
     common += ["--cfg=" + args.cfg] if args.cfg else []
     opts = [] if args.cfg else list(TINY_EN)
@@ -148,9 +182,9 @@ def run_job(i, args, env, work):
     evaluate = ["bash", os.path.join(REPO, "test", "train_eval_8p.sh")] + common + opts
     evaluate += ["--pth_path=" + weights, "OUT_DIR", os.path.join(job_dir, "eval")]
     start = time.time()
-    for name, cmd in (("train", train), ("eval", evaluate)):
+    for name, cmd, envs in (("train", train, node_envs), ("eval", evaluate, [job_env])):
         log = os.path.join(job_dir, name + ".log")
-        status = run_launcher(cmd, job_env, args.limit, log, log[:-4] + ".stacks.txt")
+        status = run_launchers(cmd, envs, args.limit, log, log[:-4] + ".stacks.txt")
         shutil.rmtree(os.path.join(REPO, "test", "output", args.output_id), ignore_errors=True)
         if status != "finished":
             return status, time.time() - start, log
@@ -170,6 +204,9 @@ def main():
     parser.add_argument("--work", help="folder for logs and outputs (default: a temp dir)")
     parser.add_argument("--keep", action="store_true", help="keep the outputs of finished jobs")
     parser.add_argument("--output_id", default=OUTPUT_ID, help="test/output/<id> of the logs")
+    parser.add_argument(
+        "--nodes", type=int, default=1, choices=(1, 2), help="train as 1 or 2 nodes"
+    )
     parser.add_argument("--until", type=float, default=0, help="start no job after S seconds")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE pairs for both runs")
     args = parser.parse_args()

@@ -16,8 +16,10 @@ import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# The environment a launcher or torchrun sets for its ranks; tests remove it from their children
+# The environment a launcher or torchrun sets for its ranks, and the node facts a user sets for
+# a launcher; tests remove it from their children (tests/test_slurm.py removes SLURM's itself)
 LAUNCH_VARS = ["RANK", "LOCAL_RANK", "WORLD_SIZE", "RANK_SIZE", "MASTER_ADDR", "MASTER_PORT"]
+LAUNCH_VARS += ["NNODES", "NODE_RANK", "MAX_RESTARTS", "RDZV_TIMEOUT"]
 
 # KEY VALUE changes that make a dds EN config a tiny EfficientNet on 16px images of 3 classes.
 # Precise BN (on by default, as pycls) is off: it adds a forward pass over the train set to each

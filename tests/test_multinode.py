@@ -72,18 +72,16 @@ def start_nodes(cmd, marker, tmp_path, nnodes=(2, 2), ranks=(0, 1), **env):
     for nn, rank in zip(nnodes, ranks):
         node_env = env_for(marker, NNODES=str(nn), NODE_RANK=str(rank), MASTER_PORT=port)
         node_env.update(MASTER_ADDR="127.0.0.1", RANK_SIZE="1", **env)
-        out = open(tmp_path / "node{}.txt".format(rank), "w")
-        procs.append(
-            subprocess.Popen(
-                cmd,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=node_env,
-                cwd=REPO,
-                start_new_session=True,
-            )  # fmt: skip
-        )
+        procs.append(start_node(cmd, node_env, tmp_path, rank))
     return procs
+
+
+def start_node(cmd, env, tmp_path, rank):
+    """Starts one node's command in a session of its own, its output in tmp_path/node<rank>.txt."""
+    with open(tmp_path / "node{}.txt".format(rank), "w") as out:
+        return subprocess.Popen(
+            cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO, start_new_session=True
+        )
 
 
 def finish(procs, marker, limit_s=300):
@@ -212,18 +210,7 @@ def test_a_crashed_rank_on_node_1_restarts_across_nodes(data, one_node, tmp_path
         cmd += ["--node_rank={}".format(rank), "--master_addr=127.0.0.1"]
         cmd += ["--master_port=" + port, "--max-restarts=1", str(hooked), "--cfg", CFG]
         cmd += ["--data_path", data, "--device", "cpu"] + pairs
-        env = env_for(marker, PYTHONPATH=REPO, **hook)
-        out = open(tmp_path / "node{}.txt".format(rank), "w")
-        procs.append(
-            subprocess.Popen(
-                cmd,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=env,
-                cwd=REPO,
-                start_new_session=True,
-            )  # fmt: skip
-        )
+        procs.append(start_node(cmd, env_for(marker, **hook), tmp_path, rank))
     codes = finish(procs, marker)
     node0 = output(tmp_path, 0)
     assert codes == [0, 0], node0[-3000:] + output(tmp_path, 1)[-3000:]

@@ -10,7 +10,8 @@ from conftest import REPO, child_env
 
 from pycls.core import versions
 
-# Runs a tool (argv[1]) with torch's or torchvision's version faked (env FAKE_TORCH / FAKE_TV)
+# Runs a tool (argv[1], or `-m module`) with torch's or torchvision's version faked (env
+# FAKE_TORCH / FAKE_TV)
 FAKE_RUNNER = """
 import os, runpy, sys
 import torch
@@ -18,7 +19,11 @@ import torchvision
 torch.__version__ = os.environ.get("FAKE_TORCH", torch.__version__)
 torchvision.__version__ = os.environ.get("FAKE_TV", torchvision.__version__)
 sys.argv = sys.argv[1:]
-runpy.run_path(sys.argv[0], run_name="__main__")
+if sys.argv[0] == "-m":
+    sys.argv = sys.argv[1:]
+    runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
+else:
+    runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
 
