@@ -1,12 +1,24 @@
 """Tests of pycls.core.errors: the one error line of a failed CLI and what torchrun records."""
 
 import json
+import signal
+import subprocess
 import sys
 import types
 
 import pytest
+from conftest import child_env
 
 from pycls.core import errors
+
+
+@pytest.fixture(autouse=True)
+def keep_signal_handlers():
+    """Restores pytest's SIGINT/SIGTERM handlers, which run_cli replaces, after each test."""
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    yield
+    for signum, handler in saved.items():
+        signal.signal(signum, handler)
 
 
 def test_lost_peer_is_one_line_and_recorded_for_torchrun(tmp_path, monkeypatch, capsys):
@@ -39,3 +51,27 @@ def test_an_error_line_is_one_write(monkeypatch):
     with pytest.raises(SystemExit):
         errors.run_cli(lambda: (_ for _ in ()).throw(errors.PyclsError("bad batch")))
     assert writes == ["error: bad batch\n"]
+
+
+# A CLI that fails with its one line, then gets SIGTERM while the interpreter exits (as a rank
+# does when torchrun stops it while it already ends on its own error)
+LATE_SIGNAL_CLI = """
+import atexit, os, signal, time
+from pycls.core import errors
+
+def late_stop():
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(0.2)
+
+def main():
+    atexit.register(late_stop)
+    raise errors.PyclsError("bad batch")
+
+errors.run_cli(main)
+"""
+
+
+def test_a_stop_signal_after_the_error_line_changes_nothing():
+    cmd = [sys.executable, "-c", LATE_SIGNAL_CLI]
+    result = subprocess.run(cmd, capture_output=True, text=True, env=child_env())
+    assert (result.returncode, result.stderr) == (2, "error: bad batch\n")

@@ -77,6 +77,14 @@ def _ignore_signal(signum, frame):
     """Does nothing (a signal handler)."""
 
 
+def _ignore_stop_signals():
+    """Ignores SIGINT and SIGTERM once the CLI has its outcome (its line is written): a late
+    one, e.g. torchrun stopping a rank that is already exiting on its own error, must not
+    raise Stopped into the interpreter's exit handlers (a traceback after the one line)."""
+    for signum in _STOP_SIGNALS:
+        signal.signal(signum, _ignore_signal)
+
+
 def catch_stop_signals():
     """Makes SIGINT and SIGTERM raise Stopped (even where the parent shell ignored SIGINT)."""
     _HANDLER_PID[0] = os.getpid()
@@ -97,6 +105,8 @@ def run_cli(main):
         _run_main(main)
     except Stopped as e:
         _stop(e)
+    finally:
+        _ignore_stop_signals()
 
 
 def _run_main(main):
