@@ -8,6 +8,7 @@ from torch import nn
 
 import pycls.core.builders as builders
 import pycls.core.net as net
+import pycls.models.blocks as blocks
 import pycls.models.model_zoo as model_zoo
 from pycls.core.config import cfg, merge_from_file, merge_from_list, reset_cfg
 from pycls.core.errors import PyclsError
@@ -402,3 +403,36 @@ def test_model_zoo_build_with_local_weights(tmp_path):
         assert torch.equal(loaded.state_dict()[key], value)
     with pytest.raises(PyclsError, match="missing.pyth"):
         model_zoo.build_model("EfficientNet-B0", pretrained_path=str(tmp_path / "missing.pyth"))
+
+
+@pytest.mark.parametrize("amp", [False, True])
+@pytest.mark.parametrize("size", [1, 2, 5])
+def test_strided_conv_gradients_equal_a_float64_reference(amp, size):
+    """A strided 'same' conv, plain and depthwise, as EfficientNet's stage 6 at 16px images
+    (1x1 input): channels_last, under CPU bf16 autocast too, its gradients equal a float64
+    reference. torch's own bf16 conv on AVX-512 CPUs got the 1x1 case wrong (blocks.Conv2d)."""
+    torch.manual_seed(0)
+    for groups in (1, 16):
+        conv = blocks.conv2d(16, 16, 5, stride=2, groups=groups)
+        conv = conv.to(memory_format=torch.channels_last)
+        ref = nn.Conv2d(16, 16, 5, stride=2, padding=2, groups=groups, bias=False).double()
+        ref.weight.data.copy_(conv.weight.data)
+        for _ in range(20):  # the bad kernel read stale memory: wrong only some of the time
+            junk = [torch.full((1 << k,), 7.0) for k in range(8, 20)]
+            del junk
+            x = torch.randn(2, 16, size, size).to(memory_format=torch.channels_last)
+            x.requires_grad_()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+                y = conv(x)
+            dy = torch.randn(y.shape)
+            conv.zero_grad()
+            y.float().backward(dy)
+            x_ref = x.detach().double().requires_grad_()
+            ref.zero_grad()
+            y_ref = ref(x_ref)
+            y_ref.backward(dy.double())
+            tol = dict(atol=0.1, rtol=0.05) if amp else dict(atol=1e-4, rtol=1e-4)
+            assert y.shape == y_ref.shape
+            torch.testing.assert_close(y.double(), y_ref.detach(), **tol)
+            torch.testing.assert_close(conv.weight.grad.double(), ref.weight.grad, **tol)
+            torch.testing.assert_close(x.grad.double(), x_ref.grad, **tol)

@@ -55,10 +55,28 @@ def check_params(params, keys, model_name):
 # ----------------------- Shortcuts for common torch.nn layers ----------------------- #
 
 
+class Conv2d(nn.Conv2d):
+    """Conv2d with 'same' padding that runs a strided conv on a 1x1 input with stride 1.
+
+    With 'same' padding an odd kernel maps a 1x1 input to a 1x1 output at any stride, through
+    its centre tap only, so stride 1 computes the same thing. It is needed: on x86 CPUs with
+    AVX-512, torch's bf16 convolution (oneDNN's jit bf16 backward-weights kernel, channels_last,
+    as under AMP on CPU) returns garbage weight gradients for a strided conv on a 1x1 input (in
+    torch 2.14 / oneDNN 3.12; values up to 1e13, varying run to run). EfficientNet's stage 6
+    meets that input at 16px images. tests/test_models.py checks the gradients.
+    """
+
+    def forward(self, x):
+        if self.stride == (1, 1) or x.shape[-2:] != (1, 1):
+            return super().forward(x)
+        f = nn.functional.conv2d
+        return f(x, self.weight, self.bias, 1, self.padding, self.dilation, self.groups)
+
+
 def conv2d(w_in, w_out, k, *, stride=1, groups=1, bias=False):
     """Builds a conv2d layer with 'same' padding for an odd kernel."""
     assert k % 2 == 1, "Only odd size kernels supported to avoid padding issues."
-    return nn.Conv2d(w_in, w_out, k, stride=stride, padding=(k - 1) // 2, groups=groups, bias=bias)
+    return Conv2d(w_in, w_out, k, stride=stride, padding=(k - 1) // 2, groups=groups, bias=bias)
 
 
 def norm2d(w_in, p):
