@@ -406,21 +406,22 @@ def test_model_zoo_build_with_local_weights(tmp_path):
 
 
 @pytest.mark.parametrize("amp", [False, True])
-@pytest.mark.parametrize("size", [1, 2, 5])
-def test_strided_conv_gradients_equal_a_float64_reference(amp, size):
-    """A strided 'same' conv, plain and depthwise, as EfficientNet's stage 6 at 16px images
-    (1x1 input): channels_last, under CPU bf16 autocast too, its gradients equal a float64
-    reference. torch's own bf16 conv on AVX-512 CPUs got the 1x1 case wrong (blocks.Conv2d)."""
+@pytest.mark.parametrize("size,stride", [((1, 1), 2), ((3, 1), 2), ((2, 2), 3), ((5, 5), 2)])
+def test_strided_conv_gradients_equal_a_float64_reference(amp, size, stride):
+    """A strided 'same' conv, plain and depthwise, on inputs narrower than its stride (as
+    EfficientNet's stage 6 at 16px images: 1x1) and wider: channels_last, under CPU bf16
+    autocast too, its output and gradients equal a float64 reference. torch's own bf16 conv on
+    AVX-512 CPUs got the narrow case wrong (see blocks.Conv2d)."""
     torch.manual_seed(0)
     for groups in (1, 16):
-        conv = blocks.conv2d(16, 16, 5, stride=2, groups=groups)
+        conv = blocks.conv2d(16, 16, 5, stride=stride, groups=groups)
         conv = conv.to(memory_format=torch.channels_last)
-        ref = nn.Conv2d(16, 16, 5, stride=2, padding=2, groups=groups, bias=False).double()
+        ref = nn.Conv2d(16, 16, 5, stride=stride, padding=2, groups=groups, bias=False).double()
         ref.weight.data.copy_(conv.weight.data)
         for _ in range(20):  # the bad kernel read stale memory: wrong only some of the time
             junk = [torch.full((1 << k,), 7.0) for k in range(8, 20)]
             del junk
-            x = torch.randn(2, 16, size, size).to(memory_format=torch.channels_last)
+            x = torch.randn(2, 16, *size).to(memory_format=torch.channels_last)
             x.requires_grad_()
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
                 y = conv(x)

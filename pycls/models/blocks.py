@@ -56,21 +56,24 @@ def check_params(params, keys, model_name):
 
 
 class Conv2d(nn.Conv2d):
-    """Conv2d with 'same' padding that runs a strided conv on a 1x1 input with stride 1.
+    """Conv2d with 'same' padding that never strides wider than its input.
 
-    With 'same' padding an odd kernel maps a 1x1 input to a 1x1 output at any stride, through
-    its centre tap only, so stride 1 computes the same thing. It is needed: on x86 CPUs with
-    AVX-512, torch's bf16 convolution (oneDNN's jit bf16 backward-weights kernel, channels_last,
-    as under AMP on CPU) returns garbage weight gradients for a strided conv on a 1x1 input (in
-    torch 2.14 / oneDNN 3.12; values up to 1e13, varying run to run). EfficientNet's stage 6
-    meets that input at 16px images. tests/test_models.py checks the gradients.
+    With 'same' padding and an odd kernel, an input narrower than the stride gives a one-column
+    output, and so does a stride equal to the input width: the two compute the same thing. The
+    narrower stride is needed: on x86 CPUs with AVX-512, torch's bf16 convolution (oneDNN 3.12's
+    jit bf16 backward-weights kernel in torch 2.14, channels_last, as under AMP on a CPU)
+    returns garbage weight gradients, varying from call to call, when the stride exceeds the
+    input width. EfficientNet's stage 6 meets a 1x1 input at 16px images. Checked against a
+    float64 reference in tests/test_models.py.
     """
 
     def forward(self, x):
-        if self.stride == (1, 1) or x.shape[-2:] != (1, 1):
+        stride_h, stride_w = self.stride
+        if stride_w <= x.shape[-1]:
             return super().forward(x)
+        stride = (stride_h, max(x.shape[-1], 1))
         f = nn.functional.conv2d
-        return f(x, self.weight, self.bias, 1, self.padding, self.dilation, self.groups)
+        return f(x, self.weight, self.bias, stride, self.padding, self.dilation, self.groups)
 
 
 def conv2d(w_in, w_out, k, *, stride=1, groups=1, bias=False):
