@@ -104,6 +104,25 @@ def test_save_writes_pycls_format_atomically():
     assert cp.has_checkpoint() and cp.get_last_checkpoint() == path
 
 
+def test_resume_without_best_err_takes_the_best_files(tmp_path):
+    """A checkpoint written before checkpoints held best_err (or by pycls) resumes with the
+    lowest error of itself and the model_best.pyth beside it, so a worse epoch does not
+    replace the best one."""
+    model = TinyNet()
+    _save(model, 0, 10.0)
+    _save(model, 1, 40.0)
+    path = cp.get_checkpoint(2)  # epochs counted from 1 in the names
+    checkpoint = torch.load(path, weights_only=True)
+    del checkpoint["best_err"]
+    os.remove(path)  # model_best.pyth may be a hard link to it: never write through one
+    torch.save(checkpoint, path)
+    _, extra = cp.load_checkpoint(cp.get_checkpoint(2), TinyNet())
+    assert extra["best_err"] == 10.0
+    os.remove(cp.get_checkpoint_best())
+    _, extra = cp.load_checkpoint(cp.get_checkpoint(2), TinyNet())
+    assert extra["best_err"] == 40.0
+
+
 def test_round_trip_resume():
     model, ema = TinyNet(), TinyNet()
     optimizer = _trained(model)

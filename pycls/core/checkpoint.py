@@ -623,8 +623,21 @@ def load_checkpoint(path, model, model_ema=None, optimizer=None):
     extra = {k: v for k, v in checkpoint.items() if k not in skip}
     extra.setdefault("test_err", None)
     extra.setdefault("ema_err", None)
-    extra.setdefault("best_err", lowest_err(extra["test_err"], extra["ema_err"]))
+    if "best_err" not in extra:  # written before checkpoints held it, or by pycls
+        extra["best_err"] = lowest_err(extra["test_err"], extra["ema_err"], _best_file_err(path))
     return checkpoint["epoch"] + 1, extra
+
+
+def _best_file_err(path):
+    """Returns the error of the model_best.pyth beside a checkpoint (None if none is read)."""
+    best = os.path.join(os.path.dirname(os.path.abspath(path)), _BEST_NAME)
+    if not os.path.exists(best) or os.path.samefile(best, path):
+        return None
+    try:
+        checkpoint = _load_checkpoint_file(best)
+    except PyclsError:
+        return None
+    return lowest_err(checkpoint.get("test_err"), checkpoint.get("ema_err"))
 
 
 def _is_state_dict(data):
