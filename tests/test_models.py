@@ -4,6 +4,7 @@ import os
 
 import pytest
 import torch
+from conftest import TINY_EN_OPTS
 from torch import nn
 
 import pycls.core.builders as builders
@@ -437,3 +438,24 @@ def test_strided_conv_gradients_equal_a_float64_reference(amp, size, stride):
             torch.testing.assert_close(y.double(), y_ref.detach(), **tol)
             torch.testing.assert_close(conv.weight.grad.double(), ref.weight.grad, **tol)
             torch.testing.assert_close(x.grad.double(), x_ref.grad, **tol)
+
+
+def test_en_taps_that_see_only_padding_get_no_gradient():
+    """A tiny EfficientNet at 16px, as the multi-node tests train it (channels_last, CPU bf16
+    autocast): stage 6's 5x5 depthwise conv sees a 1x1 input, so only its centre tap meets the
+    image and every other tap's gradient is exactly 0. With torch's plain Conv2d, 20 of 100
+    such steps got garbage there on an AVX-512 CPU, which made two equal runs differ."""
+    merge_from_file(os.path.join(_CONFIGS, "effnet", "EN-B3_dds_8npu_full.yaml"))
+    merge_from_list([x for kv in TINY_EN_OPTS.items() for x in kv])
+    for seed in range(30):
+        junk = [torch.full((1 << k,), 7.0 + seed) for k in range(8, 20)]
+        del junk
+        torch.manual_seed(seed)
+        model = builders.build_model().to(memory_format=torch.channels_last)
+        x = torch.randn(2, 3, 16, 16).to(memory_format=torch.channels_last)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            model(x).float().logsumexp(1).sum().backward()
+        grad = model.s6.b1.dwise.weight.grad[:, 0].clone()
+        assert grad[:, 2, 2].abs().sum() > 0
+        grad[:, 2, 2] = 0
+        assert torch.count_nonzero(grad) == 0, seed
