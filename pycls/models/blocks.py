@@ -68,7 +68,10 @@ class Conv2d(nn.Conv2d):
     """
 
     def forward(self, x):
-        if self.stride[1] <= x.shape[-1]:
+        # Most convs have stride 1; a trace (ONNX export) keeps the stride, as the bug is in
+        # training's gradients only
+        stride_w = self.stride[1]
+        if stride_w == 1 or torch.jit.is_tracing() or stride_w <= x.shape[-1]:
             return self._conv_forward(x, self.weight, self.bias)
         stride = (self.stride[0], max(x.shape[-1], 1))
         f = nn.functional.conv2d
