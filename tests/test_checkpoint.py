@@ -104,7 +104,7 @@ def test_save_writes_pycls_format_atomically():
     assert cp.has_checkpoint() and cp.get_last_checkpoint() == path
 
 
-def test_resume_without_best_err_takes_the_best_files(tmp_path):
+def test_resume_without_best_err_takes_the_best_files():
     """A checkpoint written before checkpoints held best_err (or by pycls) resumes with the
     lowest error of itself and the model_best.pyth beside it, so a worse epoch does not
     replace the best one."""
