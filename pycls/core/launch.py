@@ -118,12 +118,9 @@ def _meet_as_master(store, nnodes, mine, timeout):
                     _agree(n, store.get(key).decode(), 0, mine)
             if time.monotonic() > end:
                 missing = [str(n) for n, k in enumerate(keys, 1) if not store.check([k])]
-                msg = "node 0 waited {} s for node(s) {} to join (NNODES={}); start every node "
-                msg += "with NNODES={} and the same MASTER_ADDR and MASTER_PORT, each with its "
-                msg += "own NODE_RANK, or raise {}"
-                raise PyclsError(
-                    msg.format(timeout, ", ".join(missing), nnodes, nnodes, RDZV_TIMEOUT_VAR)
-                )
+                msg = "node 0 waited {} s for node(s) {} to join (NNODES={}); {}"
+                fix = _start_every_node(nnodes)
+                raise PyclsError(msg.format(timeout, ", ".join(missing), nnodes, fix))
             time.sleep(0.2)
         for n, key in enumerate(keys, 1):
             _agree(n, store.get(key).decode(), 0, mine)
@@ -159,9 +156,9 @@ def rdzv_timeout():
 
 def _with_timeout(rdzv_conf, seconds):
     """Returns torchrun's --rdzv_conf with timeout=seconds added (one given there wins)."""
-    pairs = [p for p in (rdzv_conf or "").split(",") if p.strip()]
-    if any(p.split("=")[0].strip() == "timeout" for p in pairs):
+    if _conf_timeout(rdzv_conf, None) is not None:
         return rdzv_conf
+    pairs = [p for p in (rdzv_conf or "").split(",") if p.strip()]
     return ",".join(pairs + ["timeout={}".format(seconds)])
 
 
@@ -244,10 +241,14 @@ def _rendezvous_text(args, nnodes, error):
         msg += "(NODE_RANK=0) with the same NNODES, MASTER_ADDR and MASTER_PORT, check that "
         msg += "this machine can reach that address, or raise {}"
         return msg.format(args.node_rank, where, timeout, cause, RDZV_TIMEOUT_VAR)
-    msg = "node 0 waited {} s at {} for the other {} node(s) to join ({}); start every node "
-    msg += "with NNODES={} and the same MASTER_ADDR and MASTER_PORT, each with its own "
-    msg += "NODE_RANK, or raise {}"
-    return msg.format(timeout, where, nnodes - 1, cause, nnodes, RDZV_TIMEOUT_VAR)
+    msg = "node 0 waited {} s at {} for the other {} node(s) to join ({}); {}"
+    return msg.format(timeout, where, nnodes - 1, cause, _start_every_node(nnodes))
+
+
+def _start_every_node(nnodes):
+    """The fix of nodes that did not all join: how to start them."""
+    msg = "start every node with NNODES={} and the same MASTER_ADDR and MASTER_PORT, each with "
+    return msg.format(nnodes) + "its own NODE_RANK, or raise " + RDZV_TIMEOUT_VAR
 
 
 def _lost_node_text(args, nnodes):
@@ -261,13 +262,13 @@ def _lost_node_text(args, nnodes):
     return msg.format(args.node_rank, lost)
 
 
-def _conf_timeout(rdzv_conf):
-    """Returns the timeout=N of torchrun's --rdzv_conf (seconds)."""
+def _conf_timeout(rdzv_conf, default=str(RDZV_TIMEOUT_DEFAULT)):
+    """Returns the timeout=N of torchrun's --rdzv_conf (seconds), else default."""
     for pair in (rdzv_conf or "").split(","):
         key, _, value = pair.partition("=")
         if key.strip() == "timeout":
             return value.strip()
-    return str(RDZV_TIMEOUT_DEFAULT)
+    return default
 
 
 _signals_seen = []
