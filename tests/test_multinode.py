@@ -238,17 +238,23 @@ def test_nodes_whose_counts_disagree_end_in_one_line_each(data, tmp_path):
         ), text[-3000:]
 
 
-def test_node_1_alone_ends_within_the_rendezvous_timeout(data, tmp_path):
+ALONE = {
+    0: r"error: node 0 waited 3 s for node\(s\) 1 to join \(NNODES=2\); start every node with "
+    r"NNODES=2 and the same MASTER_ADDR and MASTER_PORT, each with its own NODE_RANK, or raise "
+    r"RDZV_TIMEOUT",
+    1: r"error: node 1 could not reach node 0 at 127\.0\.0\.1:\d+ within 3 s \(.*\); start node "
+    r"0 \(NODE_RANK=0\) with the same NNODES, MASTER_ADDR and MASTER_PORT, check that this "
+    r"machine can reach that address, or raise RDZV_TIMEOUT",
+}
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_a_node_alone_ends_within_the_rendezvous_timeout(data, tmp_path, rank):
     marker = uuid.uuid4().hex
     procs = start_nodes(
-        launcher_cmd(data, tmp_path / "out"), marker, tmp_path, (2,), (1,), RDZV_TIMEOUT="3"
+        launcher_cmd(data, tmp_path / "out"), marker, tmp_path, (2,), (rank,), RDZV_TIMEOUT="3"
     )
     codes = finish(procs, marker, limit_s=60)
-    text = output(tmp_path, 1)
+    text = output(tmp_path, rank)
     assert codes == [2], text[-3000:]
-    assert re.fullmatch(
-        r"error: node 1 could not reach node 0 at 127\.0\.0\.1:\d+ within 3 s \(.*\); start node "
-        r"0 \(NODE_RANK=0\) with the same NNODES, MASTER_ADDR and MASTER_PORT, check that this "
-        r"machine can reach that address, or raise RDZV_TIMEOUT",
-        last_line(text),
-    ), text[-3000:]
+    assert re.fullmatch(ALONE[rank], last_line(text)), text[-3000:]
