@@ -1015,8 +1015,8 @@ def make_workspace(root):
 def _hold_out_dir(out_dir):
     """Starts a process that holds the OUT_DIR lock until our end of its stdin closes."""
     code = (
-        "import sys; import pycls.core.checkpoint as cp; from pycls.core.config import cfg\n"
-        "cfg.OUT_DIR = sys.argv[1]; cp.lock_out_dir(); print('locked', flush=True)\n"
+        "import sys; import pycls.core.outdir as outdir; from pycls.core.config import cfg\n"
+        "cfg.OUT_DIR = sys.argv[1]; outdir.lock_out_dir(); print('locked', flush=True)\n"
         "sys.stdin.read()\n"
     )
     env = dict(os.environ, PYTHONPATH=REPO)

@@ -22,23 +22,23 @@ def test_find_weights_takes_a_file_an_out_dir_or_its_checkpoints_folder(tmp_path
     ckpts = tmp_path / "run" / "checkpoints"
     first = save_fake(ckpts / "model_epoch_0001.pyth")
     newest = save_fake(ckpts / "model_epoch_0002.pyth", epoch=1)
-    assert cp.find_weights(first) == first
-    assert cp.find_weights(str(tmp_path / "run")) == newest
-    assert cp.find_weights(str(ckpts)) == newest
+    assert cp.find_weights(first)[0] == first
+    assert cp.find_weights(str(tmp_path / "run"))[0] == newest
+    assert cp.find_weights(str(ckpts))[0] == newest
     best = save_fake(ckpts / "model_best.pyth")
-    assert cp.find_weights(str(tmp_path / "run")) == best == cp.find_weights(str(ckpts))
+    assert cp.find_weights(str(tmp_path / "run"))[0] == best == cp.find_weights(str(ckpts))[0]
 
 
 def test_find_weights_skips_an_incomplete_newest_checkpoint(tmp_path):
     complete = save_fake(tmp_path / "model_epoch_0001.pyth")
     (tmp_path / "model_epoch_0002.pyth").write_bytes(b"PK\x03\x04 cut short")
     (tmp_path / ".tmp_model_epoch_0003.pyth.1.abc").write_bytes(b"")
-    assert cp.find_weights(str(tmp_path)) == complete
+    assert cp.find_weights(str(tmp_path))[0] == complete
 
 
 def test_find_weights_in_a_folder_without_checkpoints_is_one_error(tmp_path):
     with pytest.raises(PyclsError, match=r"holds no checkpoint \(model_best.pyth or model_epo"):
-        cp.find_weights(str(tmp_path))
+        cp.find_weights(str(tmp_path))[0]
 
 
 def test_checkpoint_epoch_reads_the_name():

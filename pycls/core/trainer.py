@@ -17,6 +17,7 @@ import pycls.core.logging as logging
 import pycls.core.meters as meters
 import pycls.core.net as net
 import pycls.core.optimizer as optim
+import pycls.core.outdir as outdir
 import pycls.datasets.loader as data_loader
 from pycls.core.amp import Amp
 from pycls.core.config import cfg
@@ -26,11 +27,10 @@ logger = logging.get_logger(__name__)
 
 
 def setup_env(rank_id=None, device_id=None):
-    """Sets up the process group, device, output folder, logging and seeds (of a config that
-    config.load_cfg_from_args has checked)."""
+    """Sets up the process group, device, logging (OUT_DIR is made for LOG_DEST file) and seeds."""
     device = dist.init(cfg.DEVICE, rank_id=rank_id, device_id=device_id)
     if dist.is_main_proc() and cfg.LOG_DEST == "file":
-        cp.check_out_dir()
+        outdir.check_out_dir(cp.get_checkpoint_dir())
     logging.setup_logging()
     version = [torch.__version__, torch.version.cuda, getattr(torch.version, "cann", None)]
     logger.info("PyTorch version: {}".format(version))
@@ -52,28 +52,12 @@ def setup_env(rank_id=None, device_id=None):
     return device
 
 
-def setup_out_dir(min_free_bytes=0):
-    """Checks OUT_DIR (writable, free space) and dumps the config there (main process only);
-    called once the run's inputs are checked, so a bad input leaves OUT_DIR untouched (but for
-    LOG_DEST file, where setup_env has made and checked it for the log)."""
+def setup_out_dir(min_free_bytes=0, start_epoch=0):
+    """Claims OUT_DIR (writable, room for checkpoints, locked) and dumps the config (main only)."""
     if dist.is_main_proc():
-        if cfg.LOG_DEST == "file":
-            cp.check_free_space(min_free_bytes)
-        else:
-            cp.check_out_dir(min_free_bytes=min_free_bytes)
-        cp.lock_out_dir()
+        outdir.check_out_dir(cp.get_checkpoint_dir(), min_free_bytes, start_epoch)
+        outdir.lock_out_dir()
         config.dump_cfg()
-
-
-def check_weights_files():
-    """Checks that the TRAIN.WEIGHTS / TRAIN.PRETRAINED files a fresh run loads exist."""
-    for key, path in (
-        ("TRAIN.WEIGHTS", cfg.TRAIN.WEIGHTS),
-        ("TRAIN.PRETRAINED", cfg.TRAIN.PRETRAINED),
-    ):
-        if path and not os.path.isfile(path):
-            what = "is a folder, not a file" if os.path.isdir(path) else "does not exist"
-            raise PyclsError("{} {} {}; check the path".format(key, path, what))
 
 
 def _seed_all(seed):
@@ -98,20 +82,23 @@ def setup_model(device):
     return model.to(device, memory_format=devices.memory_format(device))
 
 
-def load_start_state(path, model, model_ema, optimizer, amp):
-    """Resumes from the checkpoint path or loads start weights; returns the first epoch to run
-    and the lowest error of the run's checkpoints so far (None for a fresh run)."""
+def load_start_state(path, checkpoint, model, model_ema, optimizer, amp):
+    """Resumes from a checkpoint (read from path) or loads TRAIN.WEIGHTS / TRAIN.PRETRAINED; returns
+    the first epoch to run and the lowest error of the run's checkpoints (None for a fresh run)."""
     if path:
-        epoch, extra = cp.load_checkpoint(path, model, model_ema, optimizer)
+        epoch, extra = cp.load_checkpoint(path, model, model_ema, optimizer, checkpoint)
         amp.load_state_dict(extra.get("amp_state"))
         logger.info("Resumed from {} (next epoch {})".format(path, epoch + 1))
         return epoch, extra["best_err"]
-    if cfg.TRAIN.WEIGHTS:
-        cp.load_weights(cfg.TRAIN.WEIGHTS, model)
-        logger.info("Loaded initial weights from: {}".format(cfg.TRAIN.WEIGHTS))
-    elif cfg.TRAIN.PRETRAINED:
-        cp.load_weights(cfg.TRAIN.PRETRAINED, model, skip_mismatched_head=True)
-        logger.info("Fine-tuning from pretrained weights: {}".format(cfg.TRAIN.PRETRAINED))
+    for key, done in (("WEIGHTS", "Loaded initial"), ("PRETRAINED", "Fine-tuning from pretrained")):
+        path = cfg.TRAIN[key]
+        if path and not os.path.isfile(path):  # an error naming the key
+            what = "is a folder, not a file" if os.path.isdir(path) else "does not exist"
+            raise PyclsError("TRAIN.{} {} {}; check the path".format(key, path, what))
+        if path:
+            cp.load_weights(path, model, skip_mismatched_head=key == "PRETRAINED")
+            logger.info("{} weights from: {}".format(done, path))
+            break
     if model_ema is not None:
         model_ema.load_state_dict(model.state_dict())
     return 0, None
@@ -144,14 +131,12 @@ def train_epoch(loader, model, model_ema, loss_fun, optimizer, amp, meter, cur_e
     model.train()
     if model_ema is not None:
         model_ema.train()
-    fmt = devices.memory_format(device)
     meter.reset()
     meter.iter_tic()
     for cur_iter, (inputs, labels) in enumerate(loader):
-        inputs = inputs.to(device, non_blocking=True, memory_format=fmt)
-        labels = labels.to(device, non_blocking=True)
-        labels_one_hot = net.smooth_one_hot_labels(labels)
-        inputs, labels_one_hot, labels = net.mixup(inputs, labels_one_hot)
+        inputs = inputs.to(device, non_blocking=True, memory_format=devices.memory_format(device))
+        labels = net.smooth_one_hot_labels(labels.to(device, non_blocking=True))
+        inputs, labels_one_hot, labels = net.mixup(inputs, labels)
         preds, loss = train_step(model, loss_fun, optimizer, amp, inputs, labels_one_hot)
         net.update_model_ema(net.unwrap_model(model), model_ema, cur_epoch, cur_iter)
         top1_err, top5_err = meters.topk_errors(preds, labels, [1, 5])
@@ -167,22 +152,20 @@ def train_epoch(loader, model, model_ema, loss_fun, optimizer, amp, meter, cur_e
 
 @torch.no_grad()
 def average_buffers(model):
-    """Averages the float buffers (BN running stats) over the processes, which DDP leaves
-    rank-local: every rank then tests, saves and resumes the same model."""
-    if model is None or dist.get_world_size() == 1:
-        return
-    dist.scaled_all_reduce([b for b in net.unwrap_model(model).buffers() if b.is_floating_point()])
+    """Averages the float buffers (BN stats, rank-local in DDP): all ranks test and save one."""
+    if model is not None and dist.get_world_size() > 1:
+        buffers = net.unwrap_model(model).buffers()
+        dist.scaled_all_reduce([b for b in buffers if b.is_floating_point()])
 
 
 @torch.no_grad()
 def test_epoch(loader, model, amp, meter, cur_epoch, device):
     """Evaluates the model on the test set; returns the top-1 error."""
     model.eval()
-    fmt = devices.memory_format(device)
     meter.reset()
     meter.iter_tic()
     for cur_iter, (inputs, labels) in enumerate(loader):
-        inputs = inputs.to(device, non_blocking=True, memory_format=fmt)
+        inputs = inputs.to(device, non_blocking=True, memory_format=devices.memory_format(device))
         labels = labels.to(device, non_blocking=True)
         with amp.autocast():
             preds = model(inputs)
@@ -202,9 +185,7 @@ def profile_steps(loader, model, loss_fun, optimizer, amp, device):
     path = os.path.join(cfg.OUT_DIR, "profile_rank{}.json".format(dist.get_rank()))
     model.train()
     with torch.profiler.profile(schedule=schedule, record_shapes=True) as prof:
-        for cur_iter, (inputs, labels) in enumerate(loader):
-            if cur_iter >= steps + 1:
-                break
+        for _, (inputs, labels) in zip(range(steps + 1), loader):
             inputs = inputs.to(device, memory_format=devices.memory_format(device))
             labels_one_hot = net.smooth_one_hot_labels(labels.to(device))
             train_step(model, loss_fun, optimizer, amp, inputs, labels_one_hot)
@@ -214,55 +195,47 @@ def profile_steps(loader, model, loss_fun, optimizer, amp, device):
     logger.info("Wrote the profiler trace of {} steps to {}".format(steps, path))
 
 
-def finished_run(resume_path):
-    """Tells whether OUT_DIR's newest checkpoint already holds all OPTIM.MAX_EPOCH epochs, and
-    says so: rerunning a finished run retrains and rewrites nothing."""
-    done = cp.checkpoint_epoch(resume_path) if resume_path else None
-    if done is None or done < cfg.OPTIM.MAX_EPOCH:
-        return False
-    msg = "All {} epochs (OPTIM.MAX_EPOCH {}) in OUT_DIR {} are done, nothing to train: newest "
-    msg += "checkpoint {}; raise OPTIM.MAX_EPOCH to train on, or set another OUT_DIR to start over"
-    logger.info(msg.format(done, cfg.OPTIM.MAX_EPOCH, cfg.OUT_DIR, resume_path))
-    return True
-
-
 def train_model(rank_id=None, device_id=None):
     """Trains the model, evaluating and checkpointing after every epoch."""
+    # Set up the environment and the data loaders (a bad input stops here, OUT_DIR untouched)
     device = setup_env(rank_id, device_id)
-    # Inputs first (data, splits, classes, weights files), then OUT_DIR and its checkpoints
     train_loader, test_loader = data_loader.construct_loaders(device)
-    if not (cfg.TRAIN.AUTO_RESUME and cp.has_checkpoint()):
-        check_weights_files()
-    resume_path = cp.find_resume_checkpoint() if cfg.TRAIN.AUTO_RESUME else None
-    if finished_run(resume_path):
-        dist.cleanup()
-        return
+    resume = cp.find_resume_checkpoint() if cfg.TRAIN.AUTO_RESUME else (None, None)
+    done = cp.checkpoint_epoch(resume[0]) if resume[0] else 0
+    if done >= cfg.OPTIM.MAX_EPOCH:  # a rerun of a finished run retrains and rewrites nothing
+        msg = "All {} epochs (OPTIM.MAX_EPOCH {}) in OUT_DIR {} are done, nothing to train: "
+        msg += "newest checkpoint {}; raise OPTIM.MAX_EPOCH to train on, or set another OUT_DIR "
+        msg += "to start over"
+        logger.info(msg.format(done, cfg.OPTIM.MAX_EPOCH, cfg.OUT_DIR, resume[0]))
+        return dist.cleanup()
+    # Construct the model, loss, optimizer, AMP and EMA, and load the checkpoint or weights
     model = setup_model(device)
-    setup_out_dir(min_free_bytes=2 * cp.estimate_checkpoint_bytes(model))
+    checkpoint_bytes = 2 * cp.estimate_checkpoint_bytes(model)
     loss_fun = builders.build_loss_fun().to(device)
-    optimizer = optim.construct_optimizer(model, device)
-    amp = Amp(device)
+    optimizer, amp = optim.construct_optimizer(model, device), Amp(device)
     model, optimizer = amp.prepare(model, optimizer)
     logger.info("Mixed precision: {}".format(amp.describe()))
     model_ema = copy.deepcopy(model) if cfg.OPTIM.EMA_ALPHA > 0 else None
-    start_epoch, best_err = load_start_state(resume_path, model, model_ema, optimizer, amp)
+    start_epoch, best_err = load_start_state(*resume, model, model_ema, optimizer, amp)
+    setup_out_dir(checkpoint_bytes, start_epoch)
     ddp_model = dist.wrap_model(model, device)
     train_model_fn = torch.compile(ddp_model) if cfg.MODEL.COMPILE else ddp_model
     if cfg.PROFILE.ENABLED:
         profile_steps(train_loader, train_model_fn, loss_fun, optimizer, amp, device)
+    # Create the meters and run the training loop
     train_meter = meters.TrainMeter(len(train_loader))
     test_meter = meters.TestMeter(len(test_loader))
     ema_meter = meters.TestMeter(len(test_loader), "test_ema")
     logger.info("Start epoch: {}".format(start_epoch + 1))
     for cur_epoch in range(start_epoch, cfg.OPTIM.MAX_EPOCH):
+        # Train for one epoch, then compute precise BN stats and share them over the ranks
         params = (train_loader, train_model_fn, model_ema, loss_fun, optimizer, amp, train_meter)
         train_epoch(*params, cur_epoch, device)
-        if cfg.BN.USE_PRECISE_STATS:
-            net.compute_precise_bn_stats(model, train_loader, device)
-            if model_ema is not None:
-                net.compute_precise_bn_stats(model_ema, train_loader, device)
         for m in (model, model_ema):
+            if m is not None and cfg.BN.USE_PRECISE_STATS:
+                net.compute_precise_bn_stats(m, train_loader, device)
             average_buffers(m)
+        # Evaluate the model (and the EMA model) and save a checkpoint
         last_epoch = cur_epoch + 1 == cfg.OPTIM.MAX_EPOCH
         if (cur_epoch + 1) % cfg.TRAIN.EVAL_PERIOD != 0 and not last_epoch:
             continue
@@ -271,9 +244,8 @@ def train_model(rank_id=None, device_id=None):
         if model_ema is not None:
             ema_err = test_epoch(test_loader, model_ema, amp, ema_meter, cur_epoch, device)
         if (cur_epoch + 1) % cfg.TRAIN.CHECKPOINT_PERIOD == 0 or last_epoch:
-            extra = {"amp_state": amp.state_dict()}
-            args = (model, model_ema, optimizer, cur_epoch, test_err, ema_err, extra, best_err)
-            path = cp.save_checkpoint(*args)
+            args = (model, model_ema, optimizer, cur_epoch, test_err, ema_err)
+            path = cp.save_checkpoint(*args, {"amp_state": amp.state_dict()}, best_err)
             best_err = cp.lowest_err(best_err, test_err, ema_err)
             if path:
                 logger.info("Wrote checkpoint to: {}".format(path))
@@ -286,16 +258,15 @@ def test_model(rank_id=None, device_id=None):
     if not cfg.TEST.WEIGHTS:
         raise PyclsError("no weights to test: pass TEST.WEIGHTS /path/to/model.pyth")
     test_loader = data_loader.construct_test_loader(device)
-    weights = cp.find_weights(cfg.TEST.WEIGHTS)
+    weights, data = cp.find_weights(cfg.TEST.WEIGHTS)
     model = setup_model(device)
-    cp.load_weights(weights, model)
+    cp.load_weights(weights, model, data=data)
     logger.info("Loaded model weights from: {}".format(weights))
     setup_out_dir()
     amp = Amp(device)
     model, _ = amp.prepare(model, None)
-    model = dist.wrap_model(model, device)
     test_meter = meters.TestMeter(len(test_loader))
-    test_epoch(test_loader, model, amp, test_meter, 0, device)
+    test_epoch(test_loader, dist.wrap_model(model, device), amp, test_meter, 0, device)
     dist.cleanup()
 
 
