@@ -430,6 +430,49 @@ ROWS = [
         r"error: no checkpoint in {} loads \(all 1 are corrupt\); delete them or set OUT_DIR "
         r"elsewhere".format(P),
     ),
+    # ------------------ checkpoints that do not fit the model (round three) ------------------ #
+    row(
+        "test_weights_other_head",
+        "`TEST.WEIGHTS` of a model with another head size (10 classes, the model has 3)",
+        train("TEST.WEIGHTS", lambda ws: ws["head_pyth"], name="test_net"),
+        r"error: checkpoint {} does not fit the model \(it was made with MODEL\.TYPE effnet and "
+        r"MODEL\.NUM_CLASSES 10\): shape mismatches: head\.fc\.weight \(file \[10, 64\], model "
+        r"\[3, 64\]\), head\.fc\.bias \(file \[10\], model \[3\]\); check --cfg / MODEL "
+        r"settings".format(P),
+    ),
+    row(
+        "train_weights_other_widths",
+        "`TRAIN.WEIGHTS` of a model of other widths",
+        train("TRAIN.WEIGHTS", lambda ws: ws["wide_pyth"]),
+        r"error: checkpoint {} does not fit the model \(.*\): shape mismatches: .*; check --cfg / "
+        r"MODEL settings".format(P),
+        slow=True,
+    ),
+    row(
+        "resume_other_model",
+        "a resume onto an `OUT_DIR` whose checkpoint came from a model of other widths",
+        train("OUT_DIR", lambda ws: ws["other_model_out"], "OPTIM.MAX_EPOCH", "2"),
+        r"error: checkpoint {}model_epoch_0001\.pyth does not fit the model \(it was made with "
+        r"MODEL\.TYPE effnet and MODEL\.NUM_CLASSES 3\): shape mismatches: .*; check --cfg / "
+        r"MODEL settings".format(P),
+    ),
+    row(
+        "test_weights_folder_named_like_a_file",
+        "`TEST.WEIGHTS model.pyth` that is a folder",
+        train("TEST.WEIGHTS", lambda ws: ws["pyth_folder"], name="test_net"),
+        r"error: folder {}model\.pyth holds no checkpoint \(model_best\.pyth or "
+        r"model_epoch_XXXX\.pyth\); pass a checkpoint file, or an OUT_DIR or checkpoints folder "
+        r"that holds one".format(P),
+    ),
+    row(
+        "test_weights_empty_checkpoints_folder",
+        "`TEST.WEIGHTS` an `OUT_DIR` whose checkpoints folder is empty",
+        train("TEST.WEIGHTS", lambda ws: ws["empty_ckpt_out"], name="test_net"),
+        r"error: folder {}/checkpoints holds no checkpoint \(model_best\.pyth or "
+        r"model_epoch_XXXX\.pyth\); pass a checkpoint file, or an OUT_DIR or checkpoints folder "
+        r"that holds one".format(P),
+        slow=True,
+    ),
     # ------------------------------- processes --------------------------------------- #
     row(
         "rank_env_not_a_number",
@@ -1070,12 +1113,29 @@ def _round_two(ws, classes, counts, good):
     ws["wide_pyth"] = _tiny_checkpoint(
         ws.path("wide.pyth"), **{"EN.WIDTHS": "[8,8,16,16,24,24,40]"}
     )
+    _round_three(ws)
     ws["bomb_jpg"] = write_huge_header_image(ws.path("bomb/bomb.jpg"), 60000, 60000)
     ws["bomb_images"] = make_image_folder(ws.path("bomb_images"), classes, counts, (16, 16))
     for name in classes:
         for i in range(4):  # half of the train images
             path = os.path.join(ws["bomb_images"], "train", name, "{}.jpg".format(i))
             write_huge_header_image(path, 60000, 60000)
+
+
+def _round_three(ws):
+    """Adds checkpoints that do not fit the model (another head, other widths, odd folders)."""
+    ws["head_pyth"] = _tiny_checkpoint(ws.path("head.pyth"), **{"MODEL.NUM_CLASSES": "10"})
+    ws["other_model_out"] = ws.path("other_model_out")
+    os.makedirs(os.path.join(ws["other_model_out"], "checkpoints"))
+    shutil.copy(ws["wide_pyth"], os.path.join(ws["other_model_out"], "checkpoints", _FIRST))
+    _write(os.path.join(ws["other_model_out"], "config.yaml"), "# the first run's config\n")
+    ws["pyth_folder"] = ws.path("model.pyth")
+    os.makedirs(ws["pyth_folder"])
+    ws["empty_ckpt_out"] = ws.path("empty_ckpt_out")
+    os.makedirs(os.path.join(ws["empty_ckpt_out"], "checkpoints"))
+
+
+_FIRST = "model_epoch_0001.pyth"
 
 
 def run_row(r, ws):
@@ -1144,6 +1204,11 @@ def test_bad_input(bad, workspace, results):
     assert code == bad.code, output[-3000:]
     if bad.id == "cfg_py":
         assert not os.path.exists(workspace.path("ran"))  # the .py config never ran
+    if bad.id == "resume_other_model":  # nothing of the first run overwritten
+        out = workspace["other_model_out"]
+        assert sorted(os.listdir(os.path.join(out, "checkpoints"))) == [_FIRST]
+        with open(os.path.join(out, "config.yaml")) as f:
+            assert f.read() == "# the first run's config\n"
 
 
 def markdown(outcomes, root):

@@ -441,3 +441,45 @@ def test_pretrained_skips_only_the_head_unless_partial():
     target = WideNet(num_classes=10)
     skipped = cp.load_weights(path, target, skip_mismatched_head=True)
     assert "conv.weight" in skipped and "fc.weight" in skipped
+
+
+def test_a_resume_reads_its_checkpoint_once(monkeypatch):
+    model = TinyNet()
+    _save(model, 0, 40.0, ema=TinyNet(), ema_err=30.0)
+    _save(model, 1, 35.0, ema=TinyNet(), ema_err=30.0)
+    reads = []
+    load = torch.load
+    monkeypatch.setattr(cp.torch, "load", lambda f, *a, **k: reads.append(f) or load(f, *a, **k))
+    path, checkpoint = cp.find_resume_checkpoint()
+    new_model = TinyNet()
+    optimizer = torch.optim.SGD(new_model.parameters(), lr=0.1)
+    cp.load_checkpoint(path, new_model, TinyNet(), optimizer, checkpoint)
+    assert reads == [cp.get_checkpoint(2)]
+
+
+@pytest.mark.parametrize(
+    "other, words",
+    [
+        (TinyNet(num_classes=3), r"shape mismatches: fc.weight \(file \[10, 4\], model \[3, 4\]\)"),
+        (WideNet(width=8), r"shape mismatches: conv.weight \(file \[4, 3, 3, 3\], model \[8, 3"),
+    ],
+)
+def test_a_checkpoint_of_another_model_names_file_and_difference(other, words):
+    path = _save(TinyNet(), 0, 40.0)
+    with pytest.raises(PyclsError) as info:
+        cp.load_checkpoint(path, other, optimizer=torch.optim.SGD(other.parameters(), lr=0.1))
+    msg = str(info.value)
+    assert msg.startswith("checkpoint {} does not fit the model (it was made with".format(path))
+    assert re.search(words, msg) and "\n" not in msg
+
+
+def test_weights_folders_named_like_files_and_empty_checkpoints_folders(tmp_path):
+    named = tmp_path / "model.pyth"
+    named.mkdir()
+    with pytest.raises(PyclsError, match=r"folder \S*model.pyth holds no checkpoint"):
+        cp.find_weights(str(named))
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    with pytest.raises(PyclsError, match=r"folder \S*run/checkpoints holds no checkpoint"):
+        cp.find_weights(str(tmp_path / "run"))
+    with pytest.raises(PyclsError, match=r"model.pyth is a folder, not a file"):
+        cp.load_weights(str(named), TinyNet())
