@@ -26,6 +26,7 @@ _BEST_NAME = "model_best.pyth"
 _ERR_KEYS = ("test_err", "ema_err")
 _WEIGHT_KEYS = ("model_state", "ema_state", "optimizer_state")
 _SAFE = ("torch.", "collections.OrderedDict", "builtins.set", "_codecs.encode")  # in weights_only
+_MADE_WITH = " (it was made with MODEL.TYPE {TYPE} and MODEL.NUM_CLASSES {NUM_CLASSES})"
 _BN_COUNTER = "num_batches_tracked"  # torch fills in these buffers that old files lack
 
 
@@ -138,36 +139,17 @@ def save_checkpoint(
     return path
 
 
-class _Stub(dict):  # stands in for every class a pickle names: nothing of the file runs
-    def __init__(self, *args, **kwargs):
-        pass
-
-    append = extend = __setstate__ = __init__
-
-
 class _Names(pickle.Unpickler):
-    """Unpickles with a _Stub for each global, listing their names (module.name)."""
+    """Unpickles with a stub for each global, listing their names: nothing of the file runs."""
 
     names = ()
 
     def find_class(self, module, name):
         self.names += (module + "." + name,)
-        return _Stub
+        return lambda *args: {}
 
     def persistent_load(self, pid):
         return None
-
-
-def _unsafe_globals(path):
-    """Names the globals of a checkpoint that weights_only refuses: torch's scan, or for pickle
-    protocols it cannot scan (4, 5) an unpickling with a _Stub for each global."""
-    try:
-        return torch.serialization.get_unsafe_globals_in_checkpoint(path)
-    except pickle.UnpicklingError:
-        with zipfile.ZipFile(path) as zf:
-            names = _Names(zf.open(next(n for n in zf.namelist() if n.endswith("data.pkl"))))
-            names.load()
-        return [n for n in names.names if not n.startswith(_SAFE)]
 
 
 def _load(path, resume=False):
@@ -180,8 +162,12 @@ def _load(path, resume=False):
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
             data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
-        try:
-            unsafe = _unsafe_globals(path)
+        try:  # torch names the Python objects; for pickle protocols it cannot scan (4, 5) _Names
+            unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+        except pickle.UnpicklingError:
+            with zipfile.ZipFile(path) as zf, contextlib.suppress(Exception):
+                (names := _Names(zf.open([n for n in zf.namelist() if "data.pkl" in n][0]))).load()
+            unsafe = [n for n in names.names if not n.startswith(_SAFE)]
         except Exception as e:  # not a whole zip file (cut short, or no checkpoint): say why
             msg = "checkpoint {} is truncated, corrupt or not a checkpoint ({}); use another file"
             raise PyclsError(msg.format(path, _first_line(e))) from e
@@ -209,7 +195,7 @@ def _load(path, resume=False):
     raise PyclsError(msg.format(path, problem))
 
 
-def _load_newest(paths, folder, fix, using):
+def _load_newest(paths, folder, fix, using, none=None):
     """Returns (path, checkpoint) of the newest of paths (oldest first) that loads, if any."""
     for i, path in enumerate(reversed(paths)):
         try:
@@ -221,8 +207,8 @@ def _load_newest(paths, folder, fix, using):
             skipped = ", ".join(paths[: -i - 1 : -1])
             logger.warning("{} {} instead of the unreadable {}".format(using, path, skipped))
         return path, checkpoint
-    if paths:
-        msg = "no checkpoint in {} loads (all {} are corrupt); {}"
+    if paths or none:
+        msg = "no checkpoint in {} loads (all {} are corrupt); {}" if paths else none
         raise PyclsError(msg.format(folder, len(paths), fix))
     return None, None
 
@@ -242,18 +228,14 @@ def find_weights(path):
     best = os.path.join(folder, _BEST_NAME)
     paths = _epoch_checkpoints(folder) + ([best] if os.path.isfile(best) else [])
     fix = "pass a checkpoint file, or an OUT_DIR or checkpoints folder that holds one"
-    found = _load_newest(paths, folder, fix, "Loading")
-    if found[0] is None:
-        msg = "folder {} holds no checkpoint ({} or model_epoch_XXXX.pyth); {}"
-        raise PyclsError(msg.format(folder, _BEST_NAME, fix))
-    return found
+    none = "folder {0} holds no checkpoint (model_best.pyth or model_epoch_XXXX.pyth); {2}"
+    return _load_newest(paths, folder, fix, "Loading", none)
 
 
 def _made_with(checkpoint):
     """Describes the model config a checkpoint was made with (from its cfg), or ''."""
-    text = " (it was made with MODEL.TYPE {TYPE} and MODEL.NUM_CLASSES {NUM_CLASSES})"
     try:
-        return text.format(**yaml.safe_load(checkpoint["cfg"])["MODEL"])
+        return _MADE_WITH.format(**yaml.safe_load(checkpoint["cfg"])["MODEL"])
     except (LookupError, TypeError, AttributeError, yaml.YAMLError):  # not pycls's cfg
         return ""
 
@@ -266,13 +248,12 @@ def load_checkpoint(path, model, model_ema=None, optimizer=None, checkpoint=None
         ema = dict(checkpoint, model_state=checkpoint.get("ema_state") or checkpoint["model_state"])
         load_weights(path + " (EMA weights)", model_ema, data=ema)
     if optimizer is not None:
-        if not checkpoint.get("optimizer_state"):
-            raise PyclsError("checkpoint {} has no optimizer state to resume".format(path))
         try:
-            optimizer.load_state_dict(checkpoint["optimizer_state"])
+            optimizer.load_state_dict(checkpoint.get("optimizer_state"))
         except (ValueError, LookupError, TypeError, AttributeError) as e:
+            why = e if checkpoint.get("optimizer_state") else "the file has none"
             msg = "optimizer state in {} does not fit the optimizer ({}); check OPTIM settings"
-            raise PyclsError(msg.format(path, e)) from e
+            raise PyclsError(msg.format(path, why)) from e
     extra = {**dict.fromkeys(_ERR_KEYS), **checkpoint}
     extra = {k: v for k, v in extra.items() if k not in _WEIGHT_KEYS}
     if "best_err" not in extra:  # written by pycls or before checkpoints held it: ask model_best

@@ -208,7 +208,7 @@ def train_model(rank_id=None, device_id=None):
         msg += "to start over"
         logger.info(msg.format(done, cfg.OPTIM.MAX_EPOCH, cfg.OUT_DIR, resume[0]))
         return dist.cleanup()
-    # Construct the model, loss, optimizer, AMP and EMA, and load the checkpoint or weights
+    # Build the model, loss, optimizer, AMP and EMA, load the checkpoint, then claim OUT_DIR
     model = setup_model(device)
     checkpoint_bytes = 2 * cp.estimate_checkpoint_bytes(model)
     loss_fun = builders.build_loss_fun().to(device)
@@ -222,20 +222,17 @@ def train_model(rank_id=None, device_id=None):
     train_model_fn = torch.compile(ddp_model) if cfg.MODEL.COMPILE else ddp_model
     if cfg.PROFILE.ENABLED:
         profile_steps(train_loader, train_model_fn, loss_fun, optimizer, amp, device)
-    # Create the meters and run the training loop
     train_meter = meters.TrainMeter(len(train_loader))
     test_meter = meters.TestMeter(len(test_loader))
     ema_meter = meters.TestMeter(len(test_loader), "test_ema")
     logger.info("Start epoch: {}".format(start_epoch + 1))
     for cur_epoch in range(start_epoch, cfg.OPTIM.MAX_EPOCH):
-        # Train for one epoch, then compute precise BN stats and share them over the ranks
         params = (train_loader, train_model_fn, model_ema, loss_fun, optimizer, amp, train_meter)
         train_epoch(*params, cur_epoch, device)
         for m in (model, model_ema):
             if m is not None and cfg.BN.USE_PRECISE_STATS:
                 net.compute_precise_bn_stats(m, train_loader, device)
             average_buffers(m)
-        # Evaluate the model (and the EMA model) and save a checkpoint
         last_epoch = cur_epoch + 1 == cfg.OPTIM.MAX_EPOCH
         if (cur_epoch + 1) % cfg.TRAIN.EVAL_PERIOD != 0 and not last_epoch:
             continue
