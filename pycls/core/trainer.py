@@ -28,6 +28,7 @@ logger = logging.get_logger(__name__)
 def setup_env(rank_id=None, device_id=None):
     """Sets up the process group, device, output folder, logging and seeds (of a config that
     config.load_cfg_from_args has checked)."""
+    builders.check_cfg_names()  # before anything starts or is written
     device = dist.init(cfg.DEVICE, rank_id=rank_id, device_id=device_id)
     if dist.is_main_proc() and cfg.LOG_DEST == "file":
         cp.check_out_dir()
@@ -318,6 +319,7 @@ def run_job(job, argv, description, script=None):
     As in pycls, NUM_GPUS is the process count: a CLI (script) started alone with NUM_GPUS > 1
     starts that many local ranks through torchrun; a launched one checks it has that many."""
     args = config.load_cfg_from_args(argv, description)
+    builders.check_cfg_names()  # before any rank starts
     launched = "WORLD_SIZE" in os.environ or args.rank_id is not None
     if launched:
         world_size = dist.process_info(args.rank_id, args.device_id)[1]
