@@ -1,6 +1,7 @@
 """Configuration (a yacs tree): pycls's keys and defaults plus the engine's new keys."""
 
 import argparse
+import contextlib
 import difflib
 import math
 import os
@@ -15,8 +16,9 @@ from pycls.core.io import write_atomic
 # Global config object; example usage: from pycls.core.config import cfg
 _C = CfgNode()
 cfg = _C
-
-_C.MODEL = CfgNode()
+_SECTIONS = "MODEL RESNET ANYNET REGNET EN BN OPTIM TRAIN TEST DATA_LOADER DIST INPUT AMP CUDNN"
+for _name in (_SECTIONS + " PREC_TIME PROFILE").split():
+    _C[_name] = CfgNode()
 _C.MODEL.TYPE = ""  # anynet, effnet, regnet or resnet
 _C.MODEL.DEPTH = 0  # number of weight layers (resnet)
 _C.MODEL.NUM_CLASSES = 10
@@ -25,16 +27,11 @@ _C.MODEL.ACTIVATION_FUN = "relu"  # relu, silu or swish
 _C.MODEL.ACTIVATION_INPLACE = True  # perform activation inplace if implemented
 _C.MODEL.MEMORY_FORMAT = "auto"  # auto (channels_last where faster), channels_last, contiguous
 _C.MODEL.COMPILE = False  # wrap the model in torch.compile
-
-_C.RESNET = CfgNode()
 _C.RESNET.TRANS_FUN = "basic_transform"  # or bottleneck_transform
 _C.RESNET.NUM_GROUPS = 1  # 1: ResNet; > 1: ResNeXt
 _C.RESNET.WIDTH_PER_GROUP = 64  # 64: ResNet; 4: ResNeXt
 _C.RESNET.STRIDE_1X1 = True  # stride on the 1x1 conv (True: MSRA; False: fb.torch)
-
-_C.ANYNET = CfgNode()
-_C.ANYNET.STEM_TYPE = "simple_stem_in"
-_C.ANYNET.STEM_W = 32
+_C.ANYNET.STEM_TYPE, _C.ANYNET.STEM_W = "simple_stem_in", 32  # stem type and width
 _C.ANYNET.BLOCK_TYPE = "res_bottleneck_block"
 _C.ANYNET.DEPTHS = []  # per stage: blocks
 _C.ANYNET.WIDTHS = []  # per stage: width of each block
@@ -42,16 +39,11 @@ _C.ANYNET.STRIDES = []  # per stage: stride of its first block
 _C.ANYNET.BOT_MULS = []  # per stage: bottleneck multiplier
 _C.ANYNET.GROUP_WS = []  # per stage: group width
 _C.ANYNET.HEAD_W = 0  # width of the head's conv (0: no conv)
-_C.ANYNET.SE_ON = False  # Squeeze-and-Excitation on res_bottleneck_block
-_C.ANYNET.SE_R = 0.25
-
-_C.REGNET = CfgNode()
-_C.REGNET.STEM_TYPE = "simple_stem_in"
-_C.REGNET.STEM_W = 32
+_C.ANYNET.SE_ON, _C.ANYNET.SE_R = False, 0.25  # Squeeze-and-Excitation on res_bottleneck_block
+_C.REGNET.STEM_TYPE, _C.REGNET.STEM_W = "simple_stem_in", 32  # stem type and width
 _C.REGNET.BLOCK_TYPE = "res_bottleneck_block"
 _C.REGNET.STRIDE = 2  # stride of each stage
-_C.REGNET.SE_ON = False  # Squeeze-and-Excitation (RegNetY)
-_C.REGNET.SE_R = 0.25
+_C.REGNET.SE_ON, _C.REGNET.SE_R = False, 0.25  # Squeeze-and-Excitation (RegNetY)
 _C.REGNET.DEPTH = 10
 _C.REGNET.W0 = 32  # initial width
 _C.REGNET.WA = 5.0  # slope
@@ -59,8 +51,6 @@ _C.REGNET.WM = 2.5  # quantization
 _C.REGNET.GROUP_W = 16
 _C.REGNET.BOT_MUL = 1.0  # bottleneck multiplier (bm = 1 / b from the paper)
 _C.REGNET.HEAD_W = 0  # width of the head's conv (0: no conv)
-
-_C.EN = CfgNode()
 _C.EN.STEM_W = 32
 _C.EN.DEPTHS = []  # per stage: blocks
 _C.EN.WIDTHS = []  # per stage: width of each block
@@ -71,17 +61,11 @@ _C.EN.KERNELS = []  # per stage: kernel size
 _C.EN.HEAD_W = 1280
 _C.EN.DC_RATIO = 0.0  # drop connect ratio
 _C.EN.DROPOUT_RATIO = 0.0
-
-_C.BN = CfgNode()
-_C.BN.EPS = 1e-5
-_C.BN.MOM = 0.1  # PyTorch's momentum (1 - Caffe2's)
+_C.BN.EPS, _C.BN.MOM = 1e-5, 0.1  # epsilon; momentum as PyTorch's (1 - Caffe2's)
 _C.BN.USE_PRECISE_STATS = True  # recompute BN stats after each epoch from train images
 _C.BN.NUM_SAMPLES_PRECISE = 8192  # over all processes
 _C.BN.ZERO_INIT_FINAL_GAMMA = False  # zero the gamma of each block's final BN
-_C.BN.USE_CUSTOM_WEIGHT_DECAY = False  # another weight decay for BN layers
-_C.BN.CUSTOM_WEIGHT_DECAY = 0.0
-
-_C.OPTIM = CfgNode()
+_C.BN.USE_CUSTOM_WEIGHT_DECAY, _C.BN.CUSTOM_WEIGHT_DECAY = False, 0.0  # another one for BN layers
 _C.OPTIM.OPTIMIZER = "sgd"  # sgd, adam or adamw
 _C.OPTIM.BASE_LR = 0.1
 _C.OPTIM.MIN_LR = 0.0  # the LR ends at MIN_LR * BASE_LR
@@ -92,20 +76,14 @@ _C.OPTIM.MAX_EPOCH = 200
 _C.OPTIM.MOMENTUM = 0.9
 _C.OPTIM.DAMPENING = 0.0
 _C.OPTIM.NESTEROV = True
-_C.OPTIM.BETA1 = 0.9  # Adam/AdamW betas
-_C.OPTIM.BETA2 = 0.999
+_C.OPTIM.BETA1, _C.OPTIM.BETA2 = 0.9, 0.999  # Adam/AdamW betas
 _C.OPTIM.WEIGHT_DECAY = 5e-4
-_C.OPTIM.BIAS_USE_CUSTOM_WEIGHT_DECAY = False  # another weight decay for biases (not BN's)
-_C.OPTIM.BIAS_CUSTOM_WEIGHT_DECAY = 0.0
-_C.OPTIM.WARMUP_FACTOR = 0.1  # warm up from BASE_LR * WARMUP_FACTOR over WARMUP_EPOCHS
-_C.OPTIM.WARMUP_EPOCHS = 0
+_C.OPTIM.BIAS_USE_CUSTOM_WEIGHT_DECAY, _C.OPTIM.BIAS_CUSTOM_WEIGHT_DECAY = False, 0.0
+_C.OPTIM.WARMUP_FACTOR, _C.OPTIM.WARMUP_EPOCHS = 0.1, 0  # from BASE_LR * WARMUP_FACTOR
 _C.OPTIM.EMA_ALPHA = 0.0  # EMA update value (0: no EMA model)
 _C.OPTIM.EMA_UPDATE_PERIOD = 32  # in iterations
 _C.OPTIM.GRAD_CLIP = 0.0  # clip the global gradient norm to this (0: no clipping)
-
-_C.TRAIN = CfgNode()
-_C.TRAIN.DATASET = ""  # imagenet (an ImageNet-layout folder) or synthetic (random tensors)
-_C.TRAIN.SPLIT = "train"
+_C.TRAIN.DATASET, _C.TRAIN.SPLIT = "", "train"  # imagenet (a folder) or synthetic
 _C.TRAIN.BATCH_SIZE = 128  # over all processes
 _C.TRAIN.IM_SIZE = 224
 _C.TRAIN.EVAL_PERIOD = 1  # epochs between evaluations
@@ -116,21 +94,15 @@ _C.TRAIN.WEIGHTS = ""  # weights to start from (all keys must match)
 _C.TRAIN.PRETRAINED = ""  # weights to fine-tune from (a head of another size is skipped)
 _C.TRAIN.PRETRAINED_PARTIAL = False  # load only the PRETRAINED tensors that fit
 _C.TRAIN.LABEL_SMOOTHING = 0.0
-_C.TRAIN.MIXUP_ALPHA = 0.0  # 0: no mixup
-_C.TRAIN.CUTMIX_ALPHA = 0.0  # 0: no cutmix
+_C.TRAIN.MIXUP_ALPHA, _C.TRAIN.CUTMIX_ALPHA = 0.0, 0.0  # 0: no mixup / cutmix
 _C.TRAIN.PCA_STD = 0.1  # AlexNet-style PCA jitter (0: none)
 _C.TRAIN.AUGMENT = ""  # "", "AutoAugment", "RandAugment_N2_M0.5", ...
 _C.TRAIN.CROP_SCALE = [0.08, 1.0]  # area range of the random resized crop
 _C.TRAIN.HFLIP = 0.5  # flip probability (0 where a flip changes the class)
-
-_C.TEST = CfgNode()
-_C.TEST.DATASET = ""
-_C.TEST.SPLIT = "val"
+_C.TEST.DATASET, _C.TEST.SPLIT = "", "val"
 _C.TEST.BATCH_SIZE = 200  # over all processes
 _C.TEST.IM_SIZE = 256  # short side resized to this, then center-cropped to TRAIN.IM_SIZE
 _C.TEST.WEIGHTS = ""
-
-_C.DATA_LOADER = CfgNode()
 _C.DATA_LOADER.DATA_PATH = ""  # a folder with train/ and val/, one sub-folder per class
 _C.DATA_LOADER.NUM_WORKERS = 8  # per process (capped at the CPUs available)
 _C.DATA_LOADER.PIN_MEMORY = True  # only where there is an accelerator
@@ -138,41 +110,23 @@ _C.DATA_LOADER.MAX_BAD_FRACTION = 0.01  # stop past this fraction of unreadable 
 _C.DATA_LOADER.SYNTHETIC_LENGTH = 0  # 0: ImageNet's 1281167 train / 50000 val
 _C.DATA_LOADER.MP_CONTEXT = "auto"  # auto (forkserver, else spawn), forkserver, spawn, fork
 _C.DATA_LOADER.TIMEOUT = 600  # seconds to wait for a batch (0: forever)
-
-_C.DIST = CfgNode()
 _C.DIST.TIMEOUT = 1800  # seconds to wait for the other processes (rendezvous, collectives)
-
-_C.INPUT = CfgNode()
 _C.INPUT.CHANNEL_ORDER = "bgr"  # bgr (pycls and its model zoo) or rgb; mean and std follow
-
 _C.DEVICE = "auto"  # auto (npu, then gpu, then cpu), cpu, gpu or npu
-
-_C.AMP = CfgNode()
 _C.AMP.OPT_LEVEL = "O0"  # as apex: O0 (fp32), O1 (autocast), O2 (fp16 model, fp32 master)
 _C.AMP.LOSS_SCALE = "dynamic"  # or a number (the seed uses 128)
 _C.AMP.DTYPE = "auto"  # auto (float16 on accelerators, bfloat16 on cpu), float16, bfloat16
 _C.AMP.BACKEND = "auto"  # auto (apex when importable), apex or native (torch.amp)
-
-_C.CUDNN = CfgNode()
 _C.CUDNN.BENCHMARK = True  # pick the fastest algorithms (best for fixed input sizes)
-
-_C.PREC_TIME = CfgNode()
-_C.PREC_TIME.WARMUP_ITER = 3  # left out of timings and fps
-_C.PREC_TIME.NUM_ITER = 30
-
-_C.PROFILE = CfgNode()
-_C.PROFILE.ENABLED = False  # trace NUM_STEPS training steps into OUT_DIR (--profperf 1)
-_C.PROFILE.NUM_STEPS = 5
-
+_C.PREC_TIME.WARMUP_ITER, _C.PREC_TIME.NUM_ITER = 3, 30  # warm-up left out of timings and fps
+_C.PROFILE.ENABLED, _C.PROFILE.NUM_STEPS = False, 5  # trace steps into OUT_DIR (--profperf 1)
 _C.DESC = ""
 _C.VERBOSE = True
 _C.NUM_GPUS = 1  # number of processes (devices)
-_C.OUT_DIR = "/tmp"
-_C.CFG_DEST = "config.yaml"  # file name of the dumped config in OUT_DIR
+_C.OUT_DIR, _C.CFG_DEST = "/tmp", "config.yaml"  # output folder; dumped config's name in it
 _C.RNG_SEED = 1
 _C.DETERMINISTIC = False  # deterministic algorithms only (CPU runs repeat bit for bit)
-_C.LOG_DEST = "stdout"  # or file
-_C.LOG_PERIOD = 10  # in iterations
+_C.LOG_DEST, _C.LOG_PERIOD = "stdout", 10  # stdout or file; period in iterations
 
 _CFG_DEFAULT = _C.clone()
 _CFG_DEFAULT.freeze()
@@ -206,7 +160,6 @@ _RANGES = {
     "(0, 1]": "EN.SE_R ANYNET.SE_R REGNET.SE_R TRAIN.CROP_SCALE",
     "[0, 2147483647]": "RNG_SEED",  # numpy takes seeds below 2**32, and each rank adds its rank
 }
-_RANGE_OF = {key: bounds for bounds, keys in _RANGES.items() for key in keys.split()}
 
 # A config is a few KB of text: larger files and values are refused
 _MAX_CFG_BYTES = 1024**2
@@ -214,13 +167,11 @@ _MAX_VALUE_CHARS = 4096
 
 
 def _excerpt(value, limit=60):
-    """Returns a string (or the repr of another value) cut short for an error line."""
     text = value if isinstance(value, str) else repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _all_keys(node, prefix=""):
-    """Lists the full names of every leaf key of a config node."""
     keys = []
     for k, v in node.items():
         keys += _all_keys(v, prefix + k + ".") if isinstance(v, CfgNode) else [prefix + k]
@@ -228,32 +179,28 @@ def _all_keys(node, prefix=""):
 
 
 def _get(key, node=_C):
-    """Returns the value of a full key name in node (None where there is no such key)."""
     for part in key.split("."):
         node = node.get(part) if isinstance(node, dict) else None
     return node
 
 
-def _unknown_key_error(key, where):
-    close = difflib.get_close_matches(key, _all_keys(_CFG_DEFAULT), n=1, cutoff=0.6)
-    hint = "did you mean {}?".format(close[0]) if close else "see pycls/core/config.py"
-    return PyclsError("unknown config key {} in {}: {}".format(_excerpt(key), where, hint))
-
-
-def _bad_value_error(key, value, where):
+def _key_error(key, value, where, unknown=False):
+    """Words a key yacs refused: unknown (or below a leaf key), a section, or of another type."""
     default = _get(key, _CFG_DEFAULT)
+    if isinstance(value, dict) and value and not isinstance(default, CfgNode):
+        key, unknown = "{}.{}".format(key, next(iter(value))), True
+    if unknown:
+        close = difflib.get_close_matches(key, _all_keys(_CFG_DEFAULT), n=1, cutoff=0.6)
+        hint = "did you mean {}?".format(close[0]) if close else "see pycls/core/config.py"
+        return PyclsError("unknown config key {} in {}: {}".format(_excerpt(key), where, hint))
     if isinstance(default, CfgNode):
         return PyclsError("config key {} in {} is a section; give its keys".format(key, where))
-    if isinstance(value, dict):
-        msg = "config key {} in {} holds a value, not keys ({}); set {} itself"
-        return PyclsError(msg.format(key, where, _excerpt(", ".join(map(str, value))), key))
     msg = "config key {} in {} takes a {} (like {!r}), not {}"
     return PyclsError(msg.format(key, where, type(default).__name__, default, _excerpt(value)))
 
 
 def _for_yacs(data, where, prefix=""):
-    """Readies user values for yacs's merge, which does not widen int to float, literal_evals
-    the text of str keys (OUT_DIR 123) and takes None for any key."""
+    """Readies values for yacs, which keeps ints for floats, evals str keys' text and takes None."""
     out = {}
     for k, v in data.items():
         key, default = prefix + str(k), _get(prefix + str(k), _CFG_DEFAULT)
@@ -264,7 +211,7 @@ def _for_yacs(data, where, prefix=""):
             msg = "config key {} in {} has a value of {} characters ({}); no config value is "
             raise PyclsError((msg + "so long").format(key, where, chars, _excerpt(v)))
         elif v is None and default is not None:
-            raise _bad_value_error(key, v, where)
+            raise _key_error(key, v, where)
         elif isinstance(default, float) and type(v) is int:
             v = float(v)
         elif isinstance(default, str) and type(v) in (str, int, float):
@@ -285,10 +232,8 @@ def _merge(data, where):
         found = re.match(r"Key (.+?) with value", text) or re.search(r"key: (.+)$", text)
         if not found:
             raise
-        key = found.group(1)
-        if isinstance(e, KeyError):
-            raise _unknown_key_error(key, where) from None
-        raise _bad_value_error(key, _get(key, data), where) from None
+        key, unknown = found.group(1), isinstance(e, KeyError)
+        raise _key_error(key, _get(key, data), where, unknown) from None
 
 
 class _Refused(yaml.YAMLError):
@@ -317,17 +262,16 @@ class _Loader(yaml.SafeLoader):
 
 
 def _load_yaml(text):
-    loader = _Loader(text)
     try:
-        return loader.get_single_data()
+        return yaml.load(text, Loader=_Loader)
     except RecursionError:
         raise _Refused("is nested too deeply; a config is small text") from None
-    finally:
-        loader.dispose()
 
 
-def _read_cfg_text(path):
-    """Reads a config file as UTF-8 text, refusing folders, huge files and other encodings."""
+def merge_from_file(path):
+    """Merges a YAML config file (not a .py one: yacs would run it) into cfg."""
+    if not path.endswith((".yaml", ".yml")):
+        raise PyclsError("config {} is not a .yaml file; only YAML configs load".format(path))
     if not os.path.isfile(path):
         what = "is not a regular file" if os.path.exists(path) else "does not exist"
         what = "is a folder, not a file" if os.path.isdir(path) else what
@@ -342,18 +286,10 @@ def _read_cfg_text(path):
         msg = "config {} is larger than {} MiB; a config is small text, check --cfg"
         raise PyclsError(msg.format(path, _MAX_CFG_BYTES // 1024**2))
     try:
-        return data.decode("utf-8-sig")
+        data = _load_yaml(data.decode("utf-8-sig"))
     except UnicodeDecodeError as e:
         msg = "config {} is not UTF-8 text (byte 0x{:02x} at offset {}); save it as UTF-8"
         raise PyclsError(msg.format(path, data[e.start], e.start)) from None
-
-
-def merge_from_file(path):
-    """Merges a YAML config file into cfg (a .py config is refused: yacs would run it)."""
-    if not path.endswith((".yaml", ".yml")):
-        raise PyclsError("config {} is not a .yaml file; only YAML configs load".format(path))
-    try:
-        data = _load_yaml(_read_cfg_text(path))
     except _Refused as e:
         raise PyclsError("config {} {}".format(path, e)) from None
     except yaml.YAMLError as e:
@@ -370,10 +306,8 @@ def merge_from_list(opts):
         raise PyclsError("config overrides must be KEY VALUE pairs; got {}".format(_excerpt(opts)))
     for key, value in zip(opts[0::2], opts[1::2]):
         if value and not isinstance(_get(key, _CFG_DEFAULT), str):
-            try:
+            with contextlib.suppress(yaml.YAMLError):  # else yacs reads it as text
                 value = _load_yaml(value)
-            except yaml.YAMLError:
-                pass  # yacs reads it (or names its type) as text
         for part in reversed(key.split(".")):
             value = {part: value}
         _merge(value, "the command line")
@@ -388,7 +322,8 @@ def assert_cfg():
     for key in _all_keys(_C):
         if type(_get(key, _CFG_DEFAULT)) not in (int, float, list):
             continue
-        value, bounds = _get(key), _RANGE_OF.get(key, "[0, inf)")
+        value = _get(key)
+        bounds = next((b for b, keys in _RANGES.items() if key in keys.split()), "[0, inf)")
         low, high = (float(b) for b in bounds[1:-1].split(", "))
         for x in value if isinstance(value, list) else [value]:
             finite = type(x) in (int, float) and math.isfinite(x)
@@ -438,19 +373,6 @@ def reset_cfg():
     _C.merge_from_other_cfg(_CFG_DEFAULT)
 
 
-def _flags_first(parser, argv):
-    """Moves the parser's --flags (and their values) before the KEY VALUE pairs, as pycls's
-    `train_net.py ... NUM_GPUS 2 --device cpu` has them after."""
-    takes_value = {o: a.nargs != 0 for a in parser._actions for o in a.option_strings}
-    flags, rest, i = [], [], 0
-    while i < len(argv):
-        name = argv[i].split("=", 1)[0]
-        n = 1 + bool(takes_value.get(name) and "=" not in argv[i] and i + 1 < len(argv))
-        (flags if name in takes_value else rest).extend(argv[i : i + n])
-        i += n
-    return flags + rest
-
-
 def load_cfg_from_args(argv, description="Config file options."):
     """Loads cfg from a CLI's arguments (--cfg FILE, flags, KEY VALUE...); returns the flags."""
     parser = argparse.ArgumentParser(description=description)
@@ -461,7 +383,15 @@ def load_cfg_from_args(argv, description="Config file options."):
     parser.add_argument("--device_id", type=int, help="device index of this process")
     parser.add_argument("--profperf", type=int, choices=[0, 1], default=0, help="write a trace")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE pairs; see config.py")
-    args = parser.parse_args(_flags_first(parser, argv))
+    # pycls's CLIs put --flags after the KEY VALUE pairs: move them (and their values) first
+    takes_value = {o: a.nargs != 0 for a in parser._actions for o in a.option_strings}
+    flags, rest, i = [], [], 0
+    while i < len(argv):
+        name = argv[i].split("=", 1)[0]
+        n = 1 + bool(takes_value.get(name) and "=" not in argv[i] and i + 1 < len(argv))
+        (flags if name in takes_value else rest).extend(argv[i : i + n])
+        i += n
+    args = parser.parse_args(flags + rest)
     flags = {"DEVICE": args.device, "DATA_LOADER.DATA_PATH": args.data_path}
     flags["PROFILE.ENABLED"] = "True" if args.profperf else None
     flag_opts = [x for kv in flags.items() if kv[1] for x in kv]
