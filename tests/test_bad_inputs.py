@@ -240,14 +240,14 @@ ROWS = [
         "negative_workers",
         "`DATA_LOADER.NUM_WORKERS -1`",
         train("DATA_LOADER.NUM_WORKERS", "-1"),
-        r"error: config key DATA_LOADER\.NUM_WORKERS must be 0 or more",
+        r"error: config key DATA_LOADER\.NUM_WORKERS is -1; it must be 0 or more",
         slow=True,
     ),
     row(
         "negative_seed",
         "`RNG_SEED -1`",
         train("RNG_SEED", "-1"),
-        r"error: config key RNG_SEED is -1; set it from 0 to 2147483647",
+        r"error: config key RNG_SEED is -1; it must be in \[0, 2147483647\]",
     ),
     row(
         "unknown_model",
@@ -619,10 +619,10 @@ ROWS = [
     ),
     row(
         "cfg_alias_bomb",
-        "a config whose YAML aliases expand to gigabytes",
+        "a config with YAML anchors and aliases (they could expand to gigabytes)",
         tool("train_net", "--cfg", lambda ws: ws["bomb_yaml"]),
-        r"error: config {} expands \(through YAML aliases\) past 1 MiB; a config is small "
-        r"text".format(P),
+        r"error: config {} uses a YAML anchor or alias \(line 1\); write the values "
+        r"out".format(P),
     ),
     row(
         "cfg_not_utf8",
@@ -725,7 +725,7 @@ ROWS = [
         "loader_timeout_negative",
         "`DATA_LOADER.TIMEOUT -1`",
         train("DATA_LOADER.TIMEOUT", "-1"),
-        r"error: config key DATA_LOADER.TIMEOUT is -1; give seconds above 0 \(0 waits forever\)",
+        r"error: config key DATA_LOADER\.TIMEOUT is -1; it must be 0 or more",
     ),
     row(
         "dist_timeout_zero",
@@ -920,6 +920,65 @@ ROWS = [
         r"error: NODE_RANK='2' is not 0\.\.1; set NODE_RANK to this node's rank, 0\.\.1 "
         r"\(NNODES=2, NNODES set\)",
     ),
+    # ------------------- round three: values that make no sense (config) ------------------- #
+    row(
+        "cfg_not_a_mapping",
+        "a config file that holds a YAML list, not keys",
+        tool("train_net", "--cfg", lambda ws: ws["list_yaml"]),
+        r"error: config {} holds \['OPTIM', 'BASE_LR'\], not a mapping of config keys".format(P),
+    ),
+    row(
+        "override_below_leaf",
+        "an override below a leaf key: `OPTIM.BASE_LR.X 1`",
+        train("OPTIM.BASE_LR.X", "1"),
+        r"error: unknown config key OPTIM\.BASE_LR\.X in the command line: did you mean "
+        r"OPTIM\.BASE_LR\?",
+    ),
+    row(
+        "value_nan",
+        "`OPTIM.BASE_LR .nan`",
+        train("OPTIM.BASE_LR", ".nan"),
+        r"error: config key OPTIM\.BASE_LR is nan; it must be a finite number",
+    ),
+    row(
+        "value_inf",
+        "`OPTIM.WEIGHT_DECAY 1e999` (inf)",
+        train("OPTIM.WEIGHT_DECAY", "1e999"),
+        r"error: config key OPTIM\.WEIGHT_DECAY is inf; it must be a finite number",
+        slow=True,
+    ),
+    row(
+        "fraction_too_big",
+        "`TRAIN.LABEL_SMOOTHING 1` (a fraction below 1)",
+        train("TRAIN.LABEL_SMOOTHING", "1"),
+        r"error: config key TRAIN\.LABEL_SMOOTHING is 1\.0; it must be in \[0, 1\)",
+    ),
+    row(
+        "negative_alpha",
+        "`TRAIN.MIXUP_ALPHA -0.2`",
+        train("TRAIN.MIXUP_ALPHA", "-0.2"),
+        r"error: config key TRAIN\.MIXUP_ALPHA is -0\.2; it must be 0 or more",
+        slow=True,
+    ),
+    row(
+        "size_zero",
+        "`TRAIN.IM_SIZE 0`",
+        train("TRAIN.IM_SIZE", "0"),
+        r"error: config key TRAIN\.IM_SIZE is 0; it must be above 0",
+        slow=True,
+    ),
+    row(
+        "stage_size_zero",
+        "a stage of 0 blocks: `EN.DEPTHS [1,0,1,1,1,1,1]`",
+        train("EN.DEPTHS", "[1,0,1,1,1,1,1]"),
+        r"error: config key EN\.DEPTHS is \[1, 0, 1, 1, 1, 1, 1\]; every entry must be above 0",
+    ),
+    row(
+        "out_dir_is_a_file",
+        "`OUT_DIR` is a file",
+        train("OUT_DIR", lambda ws: ws["a_file"]),
+        r"error: OUT_DIR {} is a file; set OUT_DIR to a folder".format(P),
+    ),
 ]
 
 
@@ -990,6 +1049,7 @@ def make_workspace(root):
     ws["evil_py"] = _write(ws.path("evil.py"), "open({!r}, 'w')\n".format(ws.path("ran")))
     ws["bad_yaml"] = _write(ws.path("bad.yaml"), "MODEL:\n  TYPE: [effnet\n")
     ws["typo_yaml"] = _write(ws.path("typo.yaml"), "OPTIM:\n  BASE_LRR: 0.1\n")
+    ws["list_yaml"] = _write(ws.path("list.yaml"), "- OPTIM\n- BASE_LR\n")
     ws["text_pyth"] = _write(ws.path("notes.pyth"), "not a checkpoint\n")
     ws["object_pyth"] = ws.path("object.pyth")
     torch.save(

@@ -266,3 +266,93 @@ def test_a_registered_loss_passes_the_checks_and_trains():
         assert not torch.equal(model.weight.detach(), before)
     finally:
         builders._loss_funs.pop("half_ce")
+
+
+# ------------------------- round three: values that make no sense ------------------------- #
+
+
+@pytest.mark.parametrize(
+    "opts,words",
+    [
+        (["OPTIM.BASE_LR", ".nan"], r"OPTIM\.BASE_LR is nan; it must be a finite number"),
+        (["OPTIM.MOMENTUM", "1e999"], r"OPTIM\.MOMENTUM is inf; it must be a finite number"),
+        (["TRAIN.LABEL_SMOOTHING", "1"], r"LABEL_SMOOTHING is 1\.0; it must be in \[0, 1\)"),
+        (["EN.DROPOUT_RATIO", "-0.1"], r"EN\.DROPOUT_RATIO is -0\.1; it must be in \[0, 1\)"),
+        (
+            ["DATA_LOADER.MAX_BAD_FRACTION", "1.5"],
+            r"MAX_BAD_FRACTION is 1\.5; it must be in \[0, 1\]",
+        ),
+        (["TRAIN.MIXUP_ALPHA", "-1"], r"TRAIN\.MIXUP_ALPHA is -1\.0; it must be 0 or more"),
+        (["TRAIN.HFLIP", "2"], r"TRAIN\.HFLIP is 2\.0; it must be in \[0, 1\]"),
+        (["EN.SE_R", "0"], r"EN\.SE_R is 0\.0; it must be in \(0, 1\]"),
+        (["EN.KERNELS", "[3, 0]"], r"EN\.KERNELS is \[3, 0\]; every entry must be above 0"),
+        (["EN.DEPTHS", "[1, x]"], r"EN\.DEPTHS is \[1, 'x'\]; every entry must be a finite number"),
+        (["AMP.LOSS_SCALE", "inf"], r"AMP\.LOSS_SCALE is 'inf'; give a number above 0 or dynamic"),
+        (["TRAIN.CROP_SCALE", "[0.9, 0.1]"], r"TRAIN\.CROP_SCALE must be \[low, high\]"),
+    ],
+)
+def test_numbers_that_make_no_sense_are_refused(opts, words):
+    config.merge_from_list(opts)
+    with pytest.raises(PyclsError, match=words):
+        config.assert_cfg()
+
+
+def test_every_number_key_has_a_range_and_defaults_pass():
+    config.reset_cfg()
+    config.assert_cfg()  # the defaults make sense
+    listed = " ".join(config._RANGES.values()).split()
+    assert len(listed) == len(set(listed)) and set(listed) <= set(config._all_keys(cfg))
+
+
+@pytest.mark.parametrize(
+    "opts,words",
+    [
+        (["OPTIM.BASE_LR.X", "1"], r"unknown config key OPTIM\.BASE_LR\.X in the command line: "),
+        (["OPTIM.BASE_LR", "None"], r"OPTIM\.BASE_LR in the command line takes a float"),
+        (["OPTIM.BASE_LR", "~"], r"takes a float \(like 0\.1\), not None"),
+        (["MODEL.COMPILE", "1"], r"MODEL\.COMPILE in the command line takes a bool"),
+    ],
+)
+def test_overrides_of_the_wrong_shape_are_refused(opts, words):
+    with pytest.raises(PyclsError, match=words):
+        config.merge_from_list(opts)
+
+
+@pytest.mark.parametrize(
+    "text,words",
+    [
+        ("- OPTIM\n- BASE_LR\n", r"holds \['OPTIM', 'BASE_LR'\], not a mapping of config keys"),
+        ("just text\n", r"holds just text, not a mapping of config keys"),
+        ("OPTIM:\n  BASE_LR:\n    X: 1\n", r"unknown config key OPTIM\.BASE_LR\.X in "),
+        ("OPTIM:\n", r"config key OPTIM in .* is a section; give its keys"),
+        ("OUT_DIR: 2024-01-01\n", r"OUT_DIR in .* takes a str \('/tmp'\)|takes a str"),
+        ("OPTIM:\n  BASE_LR: 1\n  MAX_EPOCH: 1e1\n", None),
+    ],
+)
+def test_files_of_the_wrong_shape_are_refused(tmp_path, text, words):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    if words is None:  # ints widen to floats, 1e1 (text to YAML) is named as typed
+        with pytest.raises(
+            PyclsError, match=r"MAX_EPOCH in .* takes a int \(like 200\), not '1e1'"
+        ):
+            config.merge_from_file(str(path))
+        assert cfg.OPTIM.BASE_LR == 1.0 and isinstance(cfg.OPTIM.BASE_LR, float)
+        return
+    with pytest.raises(PyclsError, match=words):
+        config.merge_from_file(str(path))
+
+
+def test_out_dir_that_is_a_file_is_refused(tmp_path):
+    path = tmp_path / "a_file"
+    path.write_text("x")
+    config.merge_from_list(["OUT_DIR", str(path)])
+    with pytest.raises(PyclsError, match=r"OUT_DIR .* is a file; set OUT_DIR to a folder"):
+        config.assert_cfg()
+
+
+def test_str_keys_keep_their_text_and_dumps_have_no_anchors(tmp_path):
+    config.merge_from_list(["OUT_DIR", str(tmp_path), "DESC", "[1, 2]", "TEST.WEIGHTS", "None"])
+    assert (cfg.DESC, cfg.TEST.WEIGHTS) == ("[1, 2]", "None")
+    with open(config.dump_cfg()) as f:
+        assert "&" not in f.read()

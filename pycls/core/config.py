@@ -13,7 +13,6 @@ from yacs.config import CfgNode
 from pycls.core.errors import PyclsError
 from pycls.core.io import write_atomic
 
-# Global config object; example usage: from pycls.core.config import cfg
 _C = CfgNode()
 cfg = _C
 _SECTIONS = "MODEL RESNET ANYNET REGNET EN BN OPTIM TRAIN TEST DATA_LOADER DIST INPUT AMP CUDNN"
@@ -196,7 +195,9 @@ def _key_error(key, value, where, unknown=False):
     if isinstance(default, CfgNode):
         return PyclsError("config key {} in {} is a section; give its keys".format(key, where))
     msg = "config key {} in {} takes a {} (like {!r}), not {}"
-    return PyclsError(msg.format(key, where, type(default).__name__, default, _excerpt(value)))
+    return PyclsError(
+        msg.format(key, where, type(default).__name__, default, _excerpt(repr(value)))
+    )
 
 
 def _for_yacs(data, where, prefix=""):
@@ -205,11 +206,12 @@ def _for_yacs(data, where, prefix=""):
     for k, v in data.items():
         key, default = prefix + str(k), _get(prefix + str(k), _CFG_DEFAULT)
         chars = len(v if isinstance(v, str) else repr(v))
-        if isinstance(v, dict):
-            v = _for_yacs(v, where, key + ".")
-        elif chars > _MAX_VALUE_CHARS:
+        if chars > _MAX_VALUE_CHARS and not isinstance(v, dict):
             msg = "config key {} in {} has a value of {} characters ({}); no config value is "
             raise PyclsError((msg + "so long").format(key, where, chars, _excerpt(v)))
+        v = v if isinstance(default, str) else CfgNode._decode_cfg_value(v)  # as yacs will
+        if isinstance(v, dict):
+            v = _for_yacs(v, where, key + ".")
         elif v is None and default is not None:
             raise _key_error(key, v, where)
         elif isinstance(default, float) and type(v) is int:
@@ -341,8 +343,7 @@ def assert_cfg():
     if not ok:
         msg = "config key AMP.LOSS_SCALE is {!r}; give a number above 0 or dynamic"
         raise PyclsError(msg.format(scale))
-    crop = _C.TRAIN.CROP_SCALE
-    if len(crop) != 2 or crop[0] > crop[1]:
+    if len(_C.TRAIN.CROP_SCALE) != 2 or _C.TRAIN.CROP_SCALE[0] > _C.TRAIN.CROP_SCALE[1]:
         msg = "config key TRAIN.CROP_SCALE must be [low, high] with 0 < low <= high <= 1"
         raise PyclsError(msg)
     if os.path.isfile(_C.OUT_DIR):
