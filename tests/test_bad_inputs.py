@@ -121,10 +121,10 @@ def slurm_launcher(changes, slurm=True):
 
 
 def wrapped_torchrun(*args, nproc=2):
-    """Returns a command builder of `python -m pycls.core.launch` (torchrun, one line)."""
+    """Returns a command builder of `python -m pycls.launch.ranks` (torchrun, one line)."""
 
     def build(ws):
-        argv = [sys.executable, "-m", "pycls.core.launch", "--nproc_per_node={}".format(nproc)]
+        argv = [sys.executable, "-m", "pycls.launch.ranks", "--nproc_per_node={}".format(nproc)]
         argv += ["--master_addr=127.0.0.1", "--master_port={}".format(free_port())]
         train_argv, _ = train(*args, "NUM_GPUS", str(nproc))(ws)
         return argv + train_argv[1:], None
@@ -811,9 +811,9 @@ ROWS = [
     ),
     row(
         "launch_node_rank_too_big",
-        "`python -m pycls.core.launch --nnodes=2 --node_rank=5`",
+        "`python -m pycls.launch.ranks --nnodes=2 --node_rank=5`",
         lambda ws: (
-            [sys.executable, "-m", "pycls.core.launch", "--nproc_per_node=1", "--nnodes=2"]
+            [sys.executable, "-m", "pycls.launch.ranks", "--nproc_per_node=1", "--nnodes=2"]
             + ["--node_rank=5", "--master_port={}".format(free_port())]
             + train("NUM_GPUS", "2")(ws)[0][1:],
             None,
@@ -851,9 +851,9 @@ ROWS = [
     ),
     row(
         "launch_port_in_use",
-        "`python -m pycls.core.launch --master_port=P` with P in use",
+        "`python -m pycls.launch.ranks --master_port=P` with P in use",
         lambda ws: (
-            [sys.executable, "-m", "pycls.core.launch", "--nproc_per_node=2"]
+            [sys.executable, "-m", "pycls.launch.ranks", "--nproc_per_node=2"]
             + ["--master_port={}".format(busy_port())]
             + train("NUM_GPUS", "2")(ws)[0][1:],
             None,
@@ -869,9 +869,9 @@ ROWS = [
     ),
     row(
         "num_gpus_not_torchrun_world_size",
-        "torchrun (`pycls.core.launch`) with 2 processes and `NUM_GPUS 3`",
+        "torchrun (`pycls.launch.ranks`) with 2 processes and `NUM_GPUS 3`",
         lambda ws: (
-            [sys.executable, "-m", "pycls.core.launch", "--nproc_per_node=2"]
+            [sys.executable, "-m", "pycls.launch.ranks", "--nproc_per_node=2"]
             + ["--master_port={}".format(free_port())]
             + train("NUM_GPUS", "3")(ws)[0][1:],
             None,

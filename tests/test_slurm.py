@@ -11,7 +11,7 @@ import sys
 import pytest
 from conftest import REPO
 
-from pycls.core import slurm
+from pycls.launch import slurm
 from pycls.core.errors import PyclsError
 
 # A two-node job's batch script (the job's variables only)
@@ -278,10 +278,10 @@ def test_cli_ignore_slurm_reads_no_slurm_variable(capsys):
 
 # --------------------------- the launchers, stopped before torchrun --------------------------- #
 
-# A stand-in Python for the launchers: runs pycls.core.slurm for real, records any other command
+# A stand-in Python for the launchers: runs pycls.launch.slurm for real, records any other command
 # line (the torchrun / train_net one and the final-result one) and succeeds without running it
 FAKE_PYTHON = """#!/bin/sh
-if [ "$1" = -m ] && [ "$2" = pycls.core.slurm ]; then exec {python} "$@"; fi
+if [ "$1" = -m ] && [ "$2" = pycls.launch.slurm ]; then exec {python} "$@"; fi
 echo "$@" >> {calls}
 """
 
@@ -322,7 +322,7 @@ def test_8p_launcher_passes_slurm_values_to_torchrun(tmp_path, launcher_output):
     result, recorded = run_launcher(tmp_path, "train_full_8p.sh", STEP)
     assert result.returncode == 0, result.stderr
     torchrun = recorded[0].split()
-    assert torchrun[:2] == ["-m", "pycls.core.launch"]
+    assert torchrun[:2] == ["-m", "pycls.launch.ranks"]
     for arg in (
         "--nproc_per_node=4",
         "--nnodes=2",
@@ -394,6 +394,6 @@ def test_sbatch_example_runs_one_launcher_per_node(tmp_path):
 
 def test_slurm_module_is_torch_free():
     # the launchers run it before every 8p job: it must start fast and work without torch
-    code = "import sys, pycls.core.slurm; print('torch' in sys.modules)"
+    code = "import sys, pycls.launch.slurm; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     assert out.stdout.strip() == "False"

@@ -1,29 +1,17 @@
-"""SLURM: the node facts of a multi-node launch, read from a SLURM allocation (torch-free).
+"""The node facts of a launch, checked, and read from a SLURM allocation (torch-free).
 
-Every launcher in test/ runs `python -m pycls.core.slurm --nproc N [--ignore-slurm]` before it
-starts anything and `eval`s what it prints: shell assignments of NNODES, NODE_RANK, MASTER_ADDR,
-MASTER_PORT (exported) and the launcher's per-node process count `nproc`. It is the one place
-that checks them. Inside a SLURM job (SLURM_JOB_ID set; the 8p launchers only) each value the
-user has not set comes from SLURM:
-
-- NNODES: SLURM_STEP_NUM_NODES (the srun step's), else SLURM_NNODES / SLURM_JOB_NUM_NODES;
-- NODE_RANK: SLURM_NODEID of the srun step (0 on a one-node job; a multi-node job outside an
-  srun step is refused: its launcher would wait for nodes that never start);
-- MASTER_ADDR: the first host of SLURM_STEP_NODELIST / SLURM_NODELIST / SLURM_JOB_NODELIST,
-  expanded by `scontrol show hostnames` where scontrol is on PATH, else by `expand_nodelist`
-  (one node: 127.0.0.1, as outside SLURM);
-- MASTER_PORT: 20000 + SLURM_JOB_ID % 10000, so two jobs sharing a node do not collide;
-- processes per node: SLURM_GPUS_ON_NODE, SLURM_GPUS_PER_NODE, or the gpu/npu count in
-  SLURM_TRES_PER_NODE / SLURM_GRES, else the launcher's default.
-
-Explicit NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT and RANK_SIZE always win. One line,
-NODE_SOURCES, says where each value came from (the launcher prints it and logs it). Outside SLURM
-only NNODES and NODE_RANK are printed (checked, 1 and 0 by default). A bad value ends in one line
-naming it and the fix, and exit 2.
+Every launcher in test/ runs `python -m pycls.launch.slurm --nproc N [--ignore-slurm]` first and
+`eval`s its output: NNODES and NODE_RANK (1 and 0 by default), inside a SLURM job (the 8p
+launchers) also MASTER_ADDR, MASTER_PORT and `nproc` (processes per node), each taken from SLURM
+unless the user set it, and NODE_SOURCES, the line that says where each came from. A bad value
+ends in one line naming it and the fix, and exit 2.
 """
 
 import argparse
+import collections
+import contextlib
 import itertools
+import math
 import os
 import re
 import shlex
@@ -36,28 +24,17 @@ from pycls.core.errors import PyclsError
 # Variables a user sets to place a node by hand (they win over SLURM's)
 EXPLICIT_VARS = ("NNODES", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT", "RANK_SIZE")
 
-# First port of the range MASTER_PORT is taken from under SLURM, and the range's size
+# Under SLURM, MASTER_PORT is PORT_BASE + SLURM_JOB_ID % PORT_SPAN: two jobs on a node differ
 PORT_BASE, PORT_SPAN = 20000, 10000
 
 # Most host names a node list may expand to (a typo like node[1-99999999] must not hang)
 MAX_HOSTS = 65536
 
-# Seconds `scontrol show hostnames` may take before the parser is used instead
-SCONTROL_TIMEOUT_S = 20
-
 # Generic resources that count as one process each (in SLURM_TRES_PER_NODE / SLURM_GRES)
 DEVICE_GRES = ("gpu", "npu")
 
-# A host-name piece outside brackets, and one number or range inside them (`07`, `01-03`)
-_LITERAL = re.compile(r"[A-Za-z0-9._-]*")
-_RANGE = re.compile(r"(\d+)(?:-(\d+))?$")
-
-
-class Fact:
-    """One launch value and where it came from."""
-
-    def __init__(self, value, source):
-        self.value, self.source = value, source
+# One launch value and where it came from
+Fact = collections.namedtuple("Fact", "value source")
 
 
 def in_slurm(env):
@@ -67,54 +44,38 @@ def in_slurm(env):
 
 def expand_nodelist(nodelist):
     """Expands a SLURM node list (`node[01-03,07]`, `a1,b[2-3]`, `r[1-2]-n[1-2]`) into names."""
-    hosts = []
-    for item in _split_top_level(nodelist):
-        hosts.extend(_expand_item(item, nodelist))
-        if len(hosts) > MAX_HOSTS:
-            raise _bad_nodelist(nodelist, "it names more than {} hosts".format(MAX_HOSTS))
-    return hosts
-
-
-def _split_top_level(nodelist):
-    """Splits a node list at the commas outside brackets."""
-    items, depth, start = [], 0, 0
-    for i, ch in enumerate(nodelist):
+    depth = 0
+    for ch in nodelist:
         depth += {"[": 1, "]": -1}.get(ch, 0)
         if depth not in (0, 1):
-            raise _bad_nodelist(nodelist, "its brackets do not pair up")
-        if ch == "," and depth == 0:
-            items.append(nodelist[start:i])
-            start = i + 1
+            break
     if depth:
         raise _bad_nodelist(nodelist, "its brackets do not pair up")
-    items.append(nodelist[start:])
+    items = re.split(r",(?![^\[\]]*\])", nodelist)  # at the commas outside brackets
     if not all(items):
         raise _bad_nodelist(nodelist, "it has an empty entry")
-    return items
-
-
-def _expand_item(item, nodelist):
-    """Expands one entry (text and bracket groups) into its host names, in SLURM's order."""
-    parts, pos = [], 0
-    while pos < len(item):
-        literal = _LITERAL.match(item, pos).group()
-        if literal:
-            parts.append([literal])
-            pos += len(literal)
-        elif item[pos] == "[":
-            end = item.index("]", pos)
-            parts.append(_expand_ranges(item[pos + 1 : end], nodelist))
-            pos = end + 1
-        else:
-            raise _bad_nodelist(nodelist, "it holds {!r}".format(item[pos]))
-    return ["".join(p) for p in itertools.product(*parts)]
+    hosts = []
+    for item in items:
+        parts = []
+        for piece in re.split(r"(\[[^\]]*\])", item):
+            bad = re.search(r"[^A-Za-z0-9._-]", piece)
+            if piece.startswith("["):
+                parts.append(_expand_ranges(piece[1:-1], nodelist))
+            elif bad:
+                raise _bad_nodelist(nodelist, "it holds {!r}".format(bad.group()))
+            else:
+                parts.append([piece])
+        if len(hosts) + math.prod(map(len, parts)) > MAX_HOSTS:
+            raise _bad_nodelist(nodelist, "it names more than {} hosts".format(MAX_HOSTS))
+        hosts += ["".join(p) for p in itertools.product(*parts)]
+    return hosts
 
 
 def _expand_ranges(ranges, nodelist):
     """Expands `01-03,7` into ['01', '02', '03', '7'], keeping each range's zero padding."""
     numbers = []
     for part in ranges.split(","):
-        match = _RANGE.match(part)
+        match = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
         if not match:
             raise _bad_nodelist(nodelist, "[{}] is not a list of numbers and ranges".format(ranges))
         low, high = match.group(1), match.group(2) or match.group(1)
@@ -122,7 +83,7 @@ def _expand_ranges(ranges, nodelist):
             raise _bad_nodelist(nodelist, "its range {} runs backwards".format(part))
         if int(high) - int(low) >= MAX_HOSTS:
             raise _bad_nodelist(nodelist, "it names more than {} hosts".format(MAX_HOSTS))
-        numbers.extend(str(n).zfill(len(low)) for n in range(int(low), int(high) + 1))
+        numbers += [str(n).zfill(len(low)) for n in range(int(low), int(high) + 1)]
     return numbers
 
 
@@ -136,25 +97,18 @@ def first_host(nodelist):
     """Returns the first host of a node list and how it was found (scontrol or the parser)."""
     scontrol = shutil.which("scontrol")
     if scontrol:
-        try:
-            out = subprocess.run(
-                [scontrol, "show", "hostnames", nodelist],
-                capture_output=True,
-                text=True,
-                timeout=SCONTROL_TIMEOUT_S,
-            )
-            hosts = out.stdout.split()
-            if out.returncode == 0 and hosts:
-                return hosts[0], "scontrol"
-        except (OSError, subprocess.TimeoutExpired):
-            pass
+        with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+            cmd = [scontrol, "show", "hostnames", nodelist]
+            out = subprocess.run(cmd, capture_output=True, text=True, timeout=20)
+            if out.returncode == 0 and out.stdout.split():
+                return out.stdout.split()[0], "scontrol"
     return expand_nodelist(nodelist)[0], "parsed"
 
 
 def _int(env, name, low=0, high=None, fix=""):
     """Returns env[name] as an int in [low, high), or raises one line naming it and the fix."""
     text = env[name].strip()
-    if re.fullmatch(r"\d+", text) and int(text) >= low and (high is None or int(text) < high):
+    if text.isdecimal() and int(text) >= low and (high is None or int(text) < high):
         return int(text)
     bound = "an integer >= {}".format(low) if high is None else "0..{}".format(high - 1)
     raise PyclsError("{}={!r} is not {}; {}".format(name, env[name], bound, fix))
@@ -168,9 +122,9 @@ def _first_set(env, names):
 def node_count(env):
     """Returns NNODES: the user's, else SLURM's node count of this step, else 1."""
     fix = "set NNODES to the number of nodes (launchers) of the job"
+    name = _first_set(env, ("SLURM_STEP_NUM_NODES", "SLURM_NNODES", "SLURM_JOB_NUM_NODES"))
     if env.get("NNODES", "").strip():
         return Fact(_int(env, "NNODES", 1, fix=fix), "NNODES set")
-    name = _first_set(env, ("SLURM_STEP_NUM_NODES", "SLURM_NNODES", "SLURM_JOB_NUM_NODES"))
     if in_slurm(env) and name:
         return Fact(_int(env, name, 1, fix=fix), name)
     return Fact(1, "default")
@@ -226,22 +180,18 @@ def master_port(env):
 
 def procs_per_node(env, default):
     """Returns the processes per node: RANK_SIZE, else SLURM's devices per node, else default."""
-    fix = "set RANK_SIZE to the number of processes (devices) per node"
     if env.get("RANK_SIZE", "").strip():
+        fix = "set RANK_SIZE to the number of processes (devices) per node"
         return Fact(_int(env, "RANK_SIZE", 1, fix=fix), "RANK_SIZE set")
-    if in_slurm(env):
-        for name in ("SLURM_GPUS_ON_NODE", "SLURM_GPUS_PER_NODE"):
-            count = _last_count(env.get(name, ""))
-            if count:
-                return Fact(count, name)
-        for name in ("SLURM_TRES_PER_NODE", "SLURM_GRES"):
-            count = _gres_count(env.get(name, ""))
-            if count:
-                return Fact(count, name)
+    names = ("SLURM_GPUS_ON_NODE", "SLURM_GPUS_PER_NODE", "SLURM_TRES_PER_NODE", "SLURM_GRES")
+    for name in names if in_slurm(env) else ():
+        count = (_count if "GPUS" in name else _gres_count)(env.get(name, ""))
+        if count:
+            return Fact(count, name)
     return Fact(default, "launcher default")
 
 
-def _last_count(text):
+def _count(text):
     """Returns N of `N` or `type:N` (0 when text holds no such count)."""
     count = text.strip().split(":")[-1]
     return int(count) if count.isdigit() else 0
@@ -252,16 +202,14 @@ def _gres_count(text):
     for entry in text.split(","):
         fields = re.sub(r"^gres[/:]", "", entry.strip()).split(":")
         if fields[0] in DEVICE_GRES and len(fields) > 1:
-            return _last_count(fields[-1])
+            return _count(fields[-1])
     return 0
 
 
 def check_one_launcher_per_node(env):
     """Raises when srun started more than one launcher on a node (they would share a rank)."""
-    if not in_slurm(env):
-        return
     tasks, nodes = env.get("SLURM_STEP_NUM_TASKS", ""), env.get("SLURM_STEP_NUM_NODES", "")
-    if tasks.isdigit() and nodes.isdigit() and int(tasks) > int(nodes):
+    if in_slurm(env) and tasks.isdigit() and nodes.isdigit() and int(tasks) > int(nodes):
         msg = "srun started {} launchers on {} nodes (SLURM_STEP_NUM_TASKS={}); a launcher starts"
         msg += " all the processes of its node: use srun --ntasks-per-node=1"
         raise PyclsError(msg.format(tasks, nodes, tasks))
@@ -280,32 +228,18 @@ def launch_facts(env, default_nproc):
     }
 
 
-def shell_assignments(facts):
-    """Returns the shell lines that set the launch values (nproc as a plain variable)."""
-    lines = []
-    for name, fact in facts.items():
-        prefix = "" if name == "nproc" else "export "
-        lines.append("{}{}={}".format(prefix, name, shlex.quote(str(fact.value))))
-    return "\n".join(lines)
-
-
 def sources_line(env, facts):
     """Returns the one line that says where each launch value came from."""
     names = {"nproc": "processes per node"}
-    parts = []
-    for name, fact in facts.items():
-        parts.append("{}={} ({})".format(names.get(name, name), fact.value, fact.source))
+    parts = ["{}={} ({})".format(names.get(n, n), f.value, f.source) for n, f in facts.items()]
     return "SLURM job {}: {}".format(env["SLURM_JOB_ID"], ", ".join(parts))
 
 
 def main(argv=None, env=None):
     """Prints the launch values as shell assignments (exit 2 with one line on a bad value).
 
-    Always NNODES and NODE_RANK (checked; 1 and 0 by default); inside SLURM also MASTER_ADDR,
-    MASTER_PORT and nproc, and NODE_SOURCES, the line that says where each came from (the
-    launcher writes it to its log once the log is open, since the log's name depends on
-    NODE_RANK). With --ignore-slurm (the 1p launchers) SLURM's variables are not read.
-    """
+    NODE_SOURCES goes to the launcher's log once it is open (its name depends on NODE_RANK).
+    With --ignore-slurm (the 1p launchers) SLURM's variables are not read."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nproc", type=int, required=True, help="the launcher's default")
     parser.add_argument("--ignore-slurm", action="store_true", help="read no SLURM variable")
@@ -320,7 +254,9 @@ def main(argv=None, env=None):
         return 2
     if not in_slurm(env):
         facts = {name: facts[name] for name in ("NNODES", "NODE_RANK")}
-    print(shell_assignments(facts))
+    for name, fact in facts.items():
+        export = "" if name == "nproc" else "export "
+        print("{}{}={}".format(export, name, shlex.quote(str(fact.value))))
     sources = sources_line(env, facts) if in_slurm(env) else ""
     print("NODE_SOURCES={}".format(shlex.quote(sources)))
     return 0
