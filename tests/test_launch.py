@@ -188,9 +188,7 @@ def test_port_check_names_the_port_in_use():
         sock.bind(("127.0.0.1", 0))
         sock.listen()
         port = sock.getsockname()[1]
-        with pytest.raises(
-            PyclsError, match="MASTER_PORT {} .* already in use".format(port)
-        ):
+        with pytest.raises(PyclsError, match="MASTER_PORT {} .* already in use".format(port)):
             ranks.check_port_free("127.0.0.1", port)
     ranks.check_port_free("127.0.0.1", ranks.free_port())
 

@@ -11,8 +11,8 @@ import sys
 import pytest
 from conftest import REPO
 
-from pycls.launch import slurm
 from pycls.core.errors import PyclsError
+from pycls.launch import slurm
 
 # A two-node job's batch script (the job's variables only)
 BATCH = {

@@ -310,4 +310,3 @@ def time_model(rank_id=None, device_id=None):
     setup_out_dir()
     benchmark.compute_time_full(model, loss_fun, train_loader, test_loader, device, amp)
     dist.cleanup()
-
