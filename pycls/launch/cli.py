@@ -41,19 +41,8 @@ def _stop_handler(signum, frame):
     if len(_stopped_by) == 1:
         # Loader workers die of the same signal: torch's SIGCHLD handler must not report that
         # (a Python no-op, not SIG_DFL: CPython complains of a pending signal without handler)
-        signal.signal(signal.SIGCHLD, _ignore)
+        signal.signal(signal.SIGCHLD, lambda *args: None)
         raise Stopped(signum)
-
-
-def _ignore(signum, frame):
-    """A signal handler that does nothing."""
-
-
-def catch_stop_signals():
-    """Makes SIGINT and SIGTERM raise Stopped (even where the parent shell ignored SIGINT)."""
-    _handler_pid[0] = os.getpid()
-    for signum in _STOP_SIGNALS:
-        signal.signal(signum, _stop_handler)
 
 
 def run_cli(main):
@@ -61,7 +50,9 @@ def run_cli(main):
     too_old = check_versions()
     if too_old:
         _fail("error: " + too_old, 2)
-    catch_stop_signals()
+    _handler_pid[0] = os.getpid()
+    for signum in _STOP_SIGNALS:  # even where the parent shell ignored SIGINT
+        signal.signal(signum, _stop_handler)
     try:
         try:
             main()
@@ -77,7 +68,7 @@ def run_cli(main):
         # A late signal (torchrun stopping a rank that ends on its own error) must not raise
         # Stopped into the exit handlers: a traceback after the line
         for signum in _STOP_SIGNALS:
-            signal.signal(signum, _ignore)
+            signal.signal(signum, signal.SIG_IGN)
 
 
 def _fail_on(error):
@@ -91,43 +82,34 @@ def _fail_on(error):
         _fail(msg.format(error.name) + "the README's set-up command)", 2)
     if isinstance(error, KeyboardInterrupt):
         raise Stopped(signal.SIGINT) from None
-    line = isinstance(error, RuntimeError) and (_timed_out(error) or _lost_peer(error))
+    line = isinstance(error, RuntimeError) and _dist_line(error)
     if not line:
         raise error
     _fail(line, 1)
 
 
-def _timed_out(error):
-    """Describes in one line a wait for other processes that ran past DIST.TIMEOUT, else ''."""
-    if not re.search("timed out|timeout", str(error), re.IGNORECASE):
+def _dist_line(error):
+    """Describes in one line a wait past DIST.TIMEOUT or a lost peer process, else ''."""
+    timed_out = re.search("timed out|timeout", str(error), re.IGNORECASE)
+    # A DistError comes from a torch.distributed that is loaded: nothing to import for it
+    dist_error = getattr(sys.modules.get("torch.distributed"), "DistError", ())
+    if not (timed_out or isinstance(error, dist_error) or any(s in str(error) for s in _PEER_LOST)):
         return ""
     from pycls.core import distributed
     from pycls.core.config import cfg
 
+    up = distributed.is_initialized()
+    rank = distributed.get_rank() if up else os.environ.get("RANK", "?")
+    if not timed_out:
+        msg = "error: rank {} {} ({}); the job's first failure says why"
+        return msg.format(rank, LOST_PEER, first_line(error))
     what = "the other processes to join the process group"
     fix = "start every rank with the same MASTER_ADDR, MASTER_PORT and WORLD_SIZE, or raise"
-    if distributed.is_initialized():
+    if up:
         what = "another process in a collective (all_reduce, barrier or DDP's gradient sync)"
         fix = "another rank is stuck or failed (its own line says why); if it is only slow, raise"
     msg = "error: rank {} waited {} s for {} ({}); {} DIST.TIMEOUT"
-    return msg.format(_rank(), cfg.DIST.TIMEOUT, what, first_line(error).rstrip("."), fix)
-
-
-def _lost_peer(error):
-    """Describes in one line an error saying another process of the job went away, else ''."""
-    # A DistError comes from a torch.distributed that is loaded: nothing to import
-    dist_error = getattr(sys.modules.get("torch.distributed"), "DistError", ())
-    if not isinstance(error, dist_error) and not any(s in str(error) for s in _PEER_LOST):
-        return ""
-    msg = "error: rank {} {} ({}); the job's first failure says why"
-    return msg.format(_rank(), LOST_PEER, first_line(error))
-
-
-def _rank():
-    """Returns this process's rank: its process group's, else torchrun's RANK, else '?'."""
-    from pycls.core import distributed
-
-    return distributed.get_rank() if distributed.is_initialized() else os.environ.get("RANK", "?")
+    return msg.format(rank, cfg.DIST.TIMEOUT, what, first_line(error).rstrip("."), fix)
 
 
 def _stop(stopped):

@@ -22,10 +22,7 @@ _STOP_NOISE = ("Received %s death signal", "Sending process %s closing signal")
 
 
 def run_job(job, argv, description, script=None):
-    """Loads cfg from a CLI's arguments and runs job (train_model, test_model or time_model).
-
-    As in pycls, NUM_GPUS is the process count: a CLI (script) started alone with NUM_GPUS > 1
-    starts that many local ranks through torchrun; a launched one checks it has that many."""
+    """Loads cfg from a CLI's arguments and runs job, as NUM_GPUS ranks (the process count)."""
     from pycls.core import config, distributed
 
     args = config.load_cfg_from_args(argv, description)
@@ -60,16 +57,12 @@ def launch(argv):
 
 def _check_nodes(args):
     """Returns the node count of torchrun's args; raises PyclsError when NODE_RANK does not fit."""
-    text = str(args.nnodes)
-    if not text.isdigit() or int(text) < 1:
-        return 1 if ":" in text else _bad_nodes("NNODES (--nnodes) is {!r}".format(text))
-    if not 0 <= args.node_rank < int(text):
-        _bad_nodes("NODE_RANK (--node_rank) is {} but NNODES is {}".format(args.node_rank, text))
-    return int(text)
-
-
-def _bad_nodes(what):
-    """Raises the one line of a node count or node rank that cannot be."""
+    nnodes, rank = str(args.nnodes), args.node_rank
+    if ":" in nnodes or nnodes.isdigit() and 0 <= rank < int(nnodes):
+        return 1 if ":" in nnodes else int(nnodes)  # an elastic range min:max counts as one
+    what = "NNODES (--nnodes) is {!r}".format(nnodes)
+    if nnodes.isdigit() and int(nnodes) > 0:
+        what = "NODE_RANK (--node_rank) is {} but NNODES is {}".format(rank, nnodes)
     msg = "{}; give each of the NNODES nodes the same NNODES and its own NODE_RANK "
     msg += "0..NNODES-1 (node 0 runs global rank 0 and listens on MASTER_PORT)"
     raise PyclsError(msg.format(what))
@@ -125,23 +118,24 @@ def _judge(store, nnodes, mine, timeout):
     keys = {n: "pycls_meet/node/{}".format(n) for n in range(1, nnodes)}
     end, verdict = time.monotonic() + timeout, "ok"
     try:
-        while not store.check(list(keys.values())):
-            for n in [n for n, key in keys.items() if store.check([key])]:
+        while True:
+            joined = [n for n, key in keys.items() if store.check([key])]
+            for n in joined:
                 _agree(n, store.get(keys[n]).decode(), 0, mine)
+            if len(joined) == len(keys):
+                break
             if time.monotonic() > end:
-                missing = ", ".join(str(n) for n, key in keys.items() if not store.check([key]))
+                missing = ", ".join(str(n) for n in keys if n not in joined)
                 msg = "node 0 waited {} s for node(s) {} to join (NNODES={}); {}"
                 raise PyclsError(msg.format(timeout, missing, nnodes, _start_every_node(nnodes)))
             time.sleep(0.2)
-        for n, key in keys.items():
-            _agree(n, store.get(key).decode(), 0, mine)
     except PyclsError as e:
         verdict = str(e)
     store.set("pycls_meet/verdict", verdict)
     end = time.monotonic() + 5  # the others read a refusal before this node (the store) ends
-    while verdict != "ok" and store.add("pycls_meet/read", 0) < nnodes - 1:
-        if time.monotonic() > end:
-            break
+    while (
+        verdict != "ok" and time.monotonic() < end and store.add("pycls_meet/read", 0) < nnodes - 1
+    ):
         time.sleep(0.1)
     return verdict
 
@@ -179,7 +173,13 @@ def _run(torchrun, args, nnodes=1, timeout=None):
         rank, failure = _root_cause(e.failures)
         text = _failure_text(rank, failure)
         if nnodes > 1 and LOST_PEER in _recorded_error(failure):
-            text = "{}: {}".format(_lost_node_text(args, nnodes), text)
+            others = [str(n) for n in range(nnodes) if n != args.node_rank]
+            lost = "another node (one of {})".format(", ".join(others))
+            lost = "node " + others[0] if len(others) == 1 else lost
+            msg = (
+                "node {} lost {} (its launcher stopped or its machine went away; its log says why)"
+            )
+            text = "{}: {}".format(msg.format(args.node_rank, lost), text)
         error = PyclsError(text + "; the job stopped")
         error.exit_code = max(failure.exitcode, 1)
         raise error from None
@@ -215,14 +215,6 @@ def _start_every_node(nnodes):
     """The fix of nodes that did not all join: how to start them."""
     msg = "start every node with NNODES={} and the same MASTER_ADDR and MASTER_PORT, each with "
     return msg.format(nnodes) + "its own NODE_RANK, or raise " + RDZV_TIMEOUT_VAR
-
-
-def _lost_node_text(args, nnodes):
-    """Names the node(s) a node's ranks lost contact with."""
-    others = [str(n) for n in range(nnodes) if n != args.node_rank]
-    lost = "node " + others[0] if len(others) == 1 else "another node (one of {})"
-    msg = "node {} lost {} (its launcher stopped or its machine went away; its log says why)"
-    return msg.format(args.node_rank, lost.format(", ".join(others)))
 
 
 _signals_seen = []
@@ -278,10 +270,9 @@ def _tool_and_out_dir(command):
 
 def _failure_text(rank, failure):
     """Describes how a rank of a torchrun job failed, in one line."""
-    where = "rank {} (pid {})".format(rank, failure.pid)
+    where, message = "rank {} (pid {})".format(rank, failure.pid), _recorded_error(failure)
     if failure.exitcode < 0:
         return "{} was killed by signal {}".format(where, failure.signal_name())
-    message = _recorded_error(failure)
     if message:
         return "{} failed: {}".format(where, message)
     msg = "{} exited with code {} and no error message; see its output above"
@@ -300,16 +291,12 @@ def _recorded_error(failure):
 
 
 def _root_cause(failures):
-    """Returns (rank, failure) of the rank most likely to have failed first."""
+    """Returns (rank, failure) of the rank most likely to have failed first: one with an error
+    of its own, then a crash; ranks that lost contact or that torchrun stopped come last."""
 
     def order(item):
-        # Its own error first, then a crash; ranks that lost contact or torchrun stopped last
-        message = _recorded_error(item[1])
-        level = 0 if message else 1
-        if item[1].exitcode == -signal.SIGTERM:
-            level = 3
-        elif LOST_PEER in message:
-            level = 2
+        message, stopped = _recorded_error(item[1]), item[1].exitcode == -signal.SIGTERM
+        level = 3 if stopped else 2 if LOST_PEER in message else 0 if message else 1
         return (level, item[1].timestamp, item[0])
 
     return min(failures.items(), key=order)

@@ -1,11 +1,8 @@
-"""The node facts of a launch, checked, and read from a SLURM allocation (torch-free).
+"""The node facts of a launch, checked, and read from SLURM where the user did not set them.
 
-Every launcher in test/ runs `python -m pycls.launch.slurm --nproc N [--ignore-slurm]` first and
-`eval`s its output: NNODES and NODE_RANK (1 and 0 by default), inside a SLURM job (the 8p
-launchers) also MASTER_ADDR, MASTER_PORT and `nproc` (processes per node), each taken from SLURM
-unless the user set it, and NODE_SOURCES, the line that says where each came from. A bad value
-ends in one line naming it and the fix, and exit 2.
-"""
+Every launcher in test/ `eval`s what `python -m pycls.launch.slurm --nproc N [--ignore-slurm]`
+prints (torch-free, so it starts fast): NNODES, NODE_RANK and, in a SLURM job, MASTER_ADDR,
+MASTER_PORT, nproc (processes per node) and NODE_SOURCES, where each came from."""
 
 import argparse
 import collections
@@ -44,27 +41,20 @@ def in_slurm(env):
 
 def expand_nodelist(nodelist):
     """Expands a SLURM node list (`node[01-03,07]`, `a1,b[2-3]`, `r[1-2]-n[1-2]`) into names."""
-    depth = 0
-    for ch in nodelist:
-        depth += {"[": 1, "]": -1}.get(ch, 0)
-        if depth not in (0, 1):
-            break
-    if depth:
+    depths = list(itertools.accumulate({"[": 1, "]": -1}.get(ch, 0) for ch in nodelist))
+    if any(d not in (0, 1) for d in depths) or depths[-1:] not in ([], [0]):
         raise _bad_nodelist(nodelist, "its brackets do not pair up")
-    items = re.split(r",(?![^\[\]]*\])", nodelist)  # at the commas outside brackets
+    items, hosts = re.split(r",(?![^\[\]]*\])", nodelist), []  # at commas outside brackets
     if not all(items):
         raise _bad_nodelist(nodelist, "it has an empty entry")
-    hosts = []
     for item in items:
-        parts = []
-        for piece in re.split(r"(\[[^\]]*\])", item):
+        parts = [[piece] for piece in re.split(r"(\[[^\]]*\])", item)]
+        for i, (piece,) in enumerate(parts):
             bad = re.search(r"[^A-Za-z0-9._-]", piece)
             if piece.startswith("["):
-                parts.append(_expand_ranges(piece[1:-1], nodelist))
+                parts[i] = _expand_ranges(piece[1:-1], nodelist)
             elif bad:
                 raise _bad_nodelist(nodelist, "it holds {!r}".format(bad.group()))
-            else:
-                parts.append([piece])
         if len(hosts) + math.prod(map(len, parts)) > MAX_HOSTS:
             raise _bad_nodelist(nodelist, "it names more than {} hosts".format(MAX_HOSTS))
         hosts += ["".join(p) for p in itertools.product(*parts)]
@@ -78,19 +68,19 @@ def _expand_ranges(ranges, nodelist):
         match = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
         if not match:
             raise _bad_nodelist(nodelist, "[{}] is not a list of numbers and ranges".format(ranges))
-        low, high = match.group(1), match.group(2) or match.group(1)
-        if int(high) < int(low):
+        low, high = int(match.group(1)), int(match.group(2) or match.group(1))
+        if high < low:
             raise _bad_nodelist(nodelist, "its range {} runs backwards".format(part))
-        if int(high) - int(low) >= MAX_HOSTS:
+        if high - low >= MAX_HOSTS:
             raise _bad_nodelist(nodelist, "it names more than {} hosts".format(MAX_HOSTS))
-        numbers += [str(n).zfill(len(low)) for n in range(int(low), int(high) + 1)]
+        numbers += [str(n).zfill(len(match.group(1))) for n in range(low, high + 1)]
     return numbers
 
 
 def _bad_nodelist(nodelist, why):
     """Returns the error of a node list that cannot be read."""
-    msg = "cannot read the SLURM node list {!r}: {}; put scontrol on PATH or set MASTER_ADDR"
-    return PyclsError(msg.format(nodelist, why) + " to the first node's address")
+    msg = "cannot read the SLURM node list {!r}: {}; put scontrol on PATH or set MASTER_ADDR to "
+    return PyclsError(msg.format(nodelist, why) + "the first node's address")
 
 
 def first_host(nodelist):
@@ -206,18 +196,13 @@ def _gres_count(text):
     return 0
 
 
-def check_one_launcher_per_node(env):
-    """Raises when srun started more than one launcher on a node (they would share a rank)."""
+def launch_facts(env, default_nproc):
+    """Returns the launch values {name: Fact} of this node; raises one line on a bad value."""
     tasks, nodes = env.get("SLURM_STEP_NUM_TASKS", ""), env.get("SLURM_STEP_NUM_NODES", "")
     if in_slurm(env) and tasks.isdigit() and nodes.isdigit() and int(tasks) > int(nodes):
         msg = "srun started {} launchers on {} nodes (SLURM_STEP_NUM_TASKS={}); a launcher starts"
         msg += " all the processes of its node: use srun --ntasks-per-node=1"
         raise PyclsError(msg.format(tasks, nodes, tasks))
-
-
-def launch_facts(env, default_nproc):
-    """Returns the launch values {name: Fact} of this node; raises one line on a bad value."""
-    check_one_launcher_per_node(env)
     nnodes = node_count(env)
     return {
         "NNODES": nnodes,
@@ -236,13 +221,10 @@ def sources_line(env, facts):
 
 
 def main(argv=None, env=None):
-    """Prints the launch values as shell assignments (exit 2 with one line on a bad value).
-
-    NODE_SOURCES goes to the launcher's log once it is open (its name depends on NODE_RANK).
-    With --ignore-slurm (the 1p launchers) SLURM's variables are not read."""
+    """Prints the launch values as shell assignments; a bad value ends in one line and exit 2."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nproc", type=int, required=True, help="the launcher's default")
-    parser.add_argument("--ignore-slurm", action="store_true", help="read no SLURM variable")
+    parser.add_argument("--ignore-slurm", action="store_true", help="read no SLURM variable (1p)")
     args = parser.parse_args(argv)
     env = os.environ if env is None else env
     if args.ignore_slurm:

@@ -1,17 +1,12 @@
-"""The oldest torch and torchvision the code runs on, checked without importing torch.
-
-The floor comes from the APIs used: torch.amp.GradScaler(device) (torch 2.3) and
-torchvision.transforms.v2.ToImage (torchvision 0.16; 0.18 goes with torch 2.3).
-"""
+"""The oldest torch and torchvision the code runs on, checked without importing torch: the
+floor of torch.amp.GradScaler(device) (torch 2.3) and the torchvision of that torch (0.18)."""
 
 import importlib.metadata
 import re
 import sys
 
-# Oldest supported versions (the leading numbers)
 MIN_VERSIONS = {"torch": (2, 3), "torchvision": (0, 18)}
 
-# What to run to get a supported stack
 FIX = "pip install -r requirements.txt (or a CANN release's torch and torch_npu >= 2.3 on Ascend)"
 
 
