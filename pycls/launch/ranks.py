@@ -184,7 +184,7 @@ def _run(torchrun, args, nnodes=1, timeout=None):
         error.exit_code = max(failure.exitcode, 1)
         raise error from None
     except Exception as e:
-        if nnodes == 1 or not _is_store_error(e):
+        if not _is_store_error(e):
             raise
         raise PyclsError(_rendezvous_text(args, nnodes, timeout, e)) from None
 
@@ -202,6 +202,10 @@ def _rendezvous_text(args, nnodes, timeout, error):
     """Describes in one line why the nodes of a job did not meet (or lost node 0's store)."""
     where = "{}:{}".format(args.master_addr, args.master_port)
     cause = first_line(error).rstrip(".")
+    if nnodes == 1:  # torchrun's own store, which it reaches through MASTER_ADDR
+        msg = "could not reach MASTER_ADDR at {} within {} s ({}); set MASTER_ADDR to this "
+        msg += "machine's address (127.0.0.1 for one machine) or raise {}"
+        return msg.format(where, timeout, cause, RDZV_TIMEOUT_VAR)
     if args.node_rank > 0:
         msg = "node {} could not reach node 0 at {} within {} s ({}); start node 0 "
         msg += "(NODE_RANK=0) with the same NNODES, MASTER_ADDR and MASTER_PORT, check that "
@@ -271,10 +275,10 @@ def _tool_and_out_dir(command):
 def _failure_text(rank, failure):
     """Describes how a rank of a torchrun job failed, in one line."""
     where, message = "rank {} (pid {})".format(rank, failure.pid), _recorded_error(failure)
+    if message:  # a signal after the line (gloo aborting at exit) changes nothing
+        return "{} failed: {}".format(where, message)
     if failure.exitcode < 0:
         return "{} was killed by signal {}".format(where, failure.signal_name())
-    if message:
-        return "{} failed: {}".format(where, message)
     msg = "{} exited with code {} and no error message; see its output above"
     return msg.format(where, failure.exitcode)
 
