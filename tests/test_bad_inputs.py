@@ -920,6 +920,53 @@ ROWS = [
         r"error: NODE_RANK='2' is not 0\.\.1; set NODE_RANK to this node's rank, 0\.\.1 "
         r"\(NNODES=2, NNODES set\)",
     ),
+    # -------------- launcher environment values, checked before torchrun starts -------------- #
+    row(
+        "launcher_rank_size_zero",
+        "`RANK_SIZE=0 bash test/train_full_8p.sh ...`",
+        slurm_launcher({"RANK_SIZE": "0"}, slurm=False),
+        r"error: RANK_SIZE='0' is not an integer >= 1; set RANK_SIZE to the number of processes "
+        r"\(devices\) per node",
+    ),
+    row(
+        "launcher_device_id_not_integer",
+        "`ASCEND_DEVICE_ID=first bash test/train_full_1p.sh ...`",
+        launcher(
+            "train_full_1p.sh",
+            lambda ws: "--data_path=" + ws["data"],
+            "--device=cpu",
+            env={"ASCEND_DEVICE_ID": "first"},
+        ),
+        r"error: ASCEND_DEVICE_ID='first' is not an integer >= 0; set it to a device index "
+        r"\(0, 1, \.\.\.\) or unset it",
+    ),
+    row(
+        "launcher_master_port_not_integer",
+        "`MASTER_PORT=auto RANK_SIZE=2 bash test/train_full_8p.sh ...`",
+        slurm_launcher({"MASTER_PORT": "auto", "RANK_SIZE": "2"}, slurm=False),
+        r"error: MASTER_PORT='auto' is not 1\.\.65535; set MASTER_PORT to a free TCP port, e\.g\. "
+        r"MASTER_PORT=29500",
+    ),
+    row(
+        "launcher_master_addr_unresolvable",
+        "`MASTER_ADDR=no-such-host.invalid RANK_SIZE=2 bash test/train_full_8p.sh ...`",
+        slurm_launcher({"MASTER_ADDR": "no-such-host.invalid", "RANK_SIZE": "2"}, slurm=False),
+        r"error: MASTER_ADDR='no-such-host\.invalid' does not resolve \(.+\); set MASTER_ADDR to "
+        r"node 0's host name or IP address \(127\.0\.0\.1 on one machine\)",
+    ),
+    row(
+        "launcher_master_addr_silent",
+        "`MASTER_ADDR=192.0.2.1` (nobody answers there) `RANK_SIZE=2 RDZV_TIMEOUT=3 "
+        "bash test/train_full_8p.sh ...`",
+        slurm_launcher(
+            {"MASTER_ADDR": "192.0.2.1", "RANK_SIZE": "2", "RDZV_TIMEOUT": "3"}, slurm=False
+        ),
+        r"error: could not reach MASTER_ADDR at 192\.0\.2\.1:\d+ within 3 s \(.*\); set "
+        r"MASTER_ADDR to this machine's address \(127\.0\.0\.1 for one machine\) or raise "
+        r"RDZV_TIMEOUT",
+        stream="output",
+        slow=True,
+    ),
 ]
 
 

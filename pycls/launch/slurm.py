@@ -13,6 +13,7 @@ import os
 import re
 import shlex
 import shutil
+import socket
 import subprocess
 import sys
 
@@ -100,7 +101,7 @@ def _int(env, name, low=0, high=None, fix=""):
     text = env[name].strip()
     if text.isdecimal() and int(text) >= low and (high is None or int(text) < high):
         return int(text)
-    bound = "an integer >= {}".format(low) if high is None else "0..{}".format(high - 1)
+    bound = "an integer >= {}".format(low) if high is None else "{}..{}".format(low, high - 1)
     raise PyclsError("{}={!r} is not {}; {}".format(name, env[name], bound, fix))
 
 
@@ -178,7 +179,7 @@ def procs_per_node(env, default):
         count = (_count if "GPUS" in name else _gres_count)(env.get(name, ""))
         if count:
             return Fact(count, name)
-    return Fact(default, "launcher default")
+    return Fact(int(default), "launcher default")  # the launcher's own number
 
 
 def _count(text):
@@ -203,14 +204,27 @@ def launch_facts(env, default_nproc):
         msg = "srun started {} launchers on {} nodes (SLURM_STEP_NUM_TASKS={}); a launcher starts"
         msg += " all the processes of its node: use srun --ntasks-per-node=1"
         raise PyclsError(msg.format(tasks, nodes, tasks))
+    if env.get("ASCEND_DEVICE_ID", "").strip():  # a 1p run's device, and its output folder
+        _int(env, "ASCEND_DEVICE_ID", fix="set it to a device index (0, 1, ...) or unset it")
     nnodes = node_count(env)
-    return {
+    facts = {
         "NNODES": nnodes,
         "NODE_RANK": node_rank(env, nnodes),
         "MASTER_ADDR": master_addr(env, nnodes),
         "MASTER_PORT": master_port(env),
         "nproc": procs_per_node(env, default_nproc),
     }
+    addr = facts["MASTER_ADDR"]
+    if addr.source == "MASTER_ADDR set" and nnodes.value * facts["nproc"].value > 1:
+        try:  # torchrun would retry a name that does not resolve until its timeout
+            socket.getaddrinfo(addr.value, None)
+        except (OSError, UnicodeError) as e:
+            msg = "MASTER_ADDR={!r} does not resolve ({}); set MASTER_ADDR to node 0's host name "
+            why = getattr(e, "strerror", None) or e
+            raise PyclsError(
+                msg.format(addr.value, why) + "or IP address (127.0.0.1 on one machine)"
+            ) from None
+    return facts
 
 
 def sources_line(env, facts):
@@ -223,7 +237,7 @@ def sources_line(env, facts):
 def main(argv=None, env=None):
     """Prints the launch values as shell assignments; a bad value ends in one line and exit 2."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--nproc", type=int, required=True, help="the launcher's default")
+    parser.add_argument("--nproc", required=True, help="the launcher's default (or RANK_SIZE)")
     parser.add_argument("--ignore-slurm", action="store_true", help="read no SLURM variable (1p)")
     args = parser.parse_args(argv)
     env = os.environ if env is None else env
