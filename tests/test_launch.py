@@ -178,7 +178,8 @@ def test_stop_line_names_the_epoch_a_rerun_starts_at(tmp_path):
         ".tmp_model_epoch_0009.pyth",
     ]:
         (tmp_path / "checkpoints" / name).write_bytes(b"x")
-    assert cli.resume_epoch(str(tmp_path)) == 4
+    line = cli.stop_line(signal.SIGTERM, "train_net", str(tmp_path))
+    assert line == "stopped by SIGTERM; rerun the same command to resume from epoch 4"
     line = cli.stop_line(signal.SIGINT, "test_net", str(tmp_path))
     assert line == "stopped by SIGINT; rerun the same command to run it again"
 

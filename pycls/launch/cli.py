@@ -132,17 +132,12 @@ def _stop(stopped):
 def stop_line(signum, tool, out_dir):
     """Returns the line that ends a stopped job: the signal and how to resume."""
     how = "run it again"
-    if tool == "train_net" and out_dir:
-        how = "resume from epoch {}".format(resume_epoch(out_dir))
+    if tool == "train_net" and out_dir:  # the epoch after OUT_DIR's newest checkpoint
+        from pycls.core import checkpoint
+
+        found = re.search(r"epoch_(\d+)\.pyth$", checkpoint.get_last_checkpoint(out_dir) or "")
+        how = "resume from epoch {}".format(int(found.group(1)) + 1 if found else 1)
     return "stopped by {}; rerun the same command to {}".format(signal.Signals(signum).name, how)
-
-
-def resume_epoch(out_dir):
-    """Returns the epoch (counted from 1) a rerun would start at, from OUT_DIR's checkpoints."""
-    from pycls.core import checkpoint
-
-    match = re.search(r"model_epoch_(\d+)\.pyth$", checkpoint.get_last_checkpoint(out_dir) or "")
-    return int(match.group(1)) + 1 if match else 1
 
 
 def _fail(message, code):

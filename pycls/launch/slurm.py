@@ -176,25 +176,20 @@ def procs_per_node(env, default):
         return Fact(_int(env, "RANK_SIZE", 1, fix=fix), "RANK_SIZE set")
     names = ("SLURM_GPUS_ON_NODE", "SLURM_GPUS_PER_NODE", "SLURM_TRES_PER_NODE", "SLURM_GRES")
     for name in names if in_slurm(env) else ():
-        count = (_count if "GPUS" in name else _gres_count)(env.get(name, ""))
+        count = _device_count(name, env.get(name, ""))
         if count:
             return Fact(count, name)
     return Fact(int(default), "launcher default")  # the launcher's own number
 
 
-def _count(text):
-    """Returns N of `N` or `type:N` (0 when text holds no such count)."""
+def _device_count(name, text):
+    """Returns the count of SLURM_GPUS_* (`N`, `type:N`) or of a gres list's first gpu/npu entry
+    (`gres/npu:8`, `gpu:a100:4`); 0 when there is none."""
+    if "GPUS" not in name:
+        fields = [re.sub(r"^gres[/:]", "", e.strip()).split(":") for e in text.split(",")]
+        text = next((f[-1] for f in fields if f[0] in DEVICE_GRES and len(f) > 1), "")
     count = text.strip().split(":")[-1]
     return int(count) if count.isdigit() else 0
-
-
-def _gres_count(text):
-    """Returns the gpu/npu count of a gres list like `gres/npu:8` or `gpu:a100:4` (else 0)."""
-    for entry in text.split(","):
-        fields = re.sub(r"^gres[/:]", "", entry.strip()).split(":")
-        if fields[0] in DEVICE_GRES and len(fields) > 1:
-            return _count(fields[-1])
-    return 0
 
 
 def launch_facts(env, default_nproc):

@@ -1,6 +1,7 @@
 """The oldest torch and torchvision the code runs on, checked without importing torch: the
 floor of torch.amp.GradScaler(device) (torch 2.3) and the torchvision of that torch (0.18)."""
 
+import contextlib
 import importlib.metadata
 import re
 import sys
@@ -13,12 +14,8 @@ FIX = "pip install -r requirements.txt (or a CANN release's torch and torch_npu 
 def installed_version(name):
     """Returns a package's version: the imported module's, else its metadata's, or None."""
     version = getattr(sys.modules.get(name), "__version__", None)
-    if isinstance(version, str):
-        return version
-    try:
-        return importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-        return None
+    with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+        return version if isinstance(version, str) else importlib.metadata.version(name)
 
 
 def version_tuple(version):
