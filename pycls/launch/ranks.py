@@ -3,7 +3,6 @@ launchers in test/) and run_job's NUM_GPUS local ranks; a port in use, nodes tha
 not meet within RDZV_TIMEOUT, a failed rank and a stop signal each end in one line."""
 
 import datetime
-import errno
 import logging
 import os
 import signal
@@ -48,8 +47,6 @@ def launch(argv):
     args = torchrun.parse_args(argv)
     nnodes, timeout = _check_nodes(args), _rdzv_timeout(args)
     static = not args.standalone and args.rdzv_backend == "static"
-    if args.node_rank == 0 and static:
-        check_port_free(args.master_addr, args.master_port)
     store = _meet(args, nnodes, timeout) if nnodes > 1 and static else None
     _run(torchrun, args, nnodes, timeout)
     del store  # node 0's store served torchrun's rendezvous too (same port, multi_tenant)
@@ -199,9 +196,13 @@ def _is_store_error(error):
 
 
 def _rendezvous_text(args, nnodes, timeout, error):
-    """Describes in one line why the nodes of a job did not meet (or lost node 0's store)."""
+    """Describes in one line why the nodes did not meet (or node 0's store failed)."""
     where = "{}:{}".format(args.master_addr, args.master_port)
     cause = first_line(error).rstrip(".")
+    if "address already in use" in str(error).lower():  # node 0's store could not listen
+        msg = "MASTER_PORT {} on {} is already in use (another job or program listens there); "
+        msg += "set MASTER_PORT (torchrun: --master_port) to a free port, e.g. MASTER_PORT={}, "
+        return msg.format(args.master_port, args.master_addr, free_port()) + "or stop that job"
     if nnodes == 1:  # torchrun's own store, which it reaches through MASTER_ADDR
         msg = "could not reach MASTER_ADDR at {} within {} s ({}); set MASTER_ADDR to this "
         msg += "machine's address (127.0.0.1 for one machine) or raise {}"
@@ -239,21 +240,6 @@ def free_port():
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def check_port_free(addr, port):
-    """Raises PyclsError when this host cannot listen on port (the rendezvous port)."""
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("", int(port)))
-        except OSError as e:
-            if e.errno != errno.EADDRINUSE:
-                return  # torchrun reports other failures (e.g. a port that needs root) itself
-            msg = "MASTER_PORT {} on {} is already in use (another job or program listens "
-            msg += "there); set MASTER_PORT (torchrun: --master_port) to a free port, e.g. "
-            msg += "MASTER_PORT={}, or stop that job"
-            raise PyclsError(msg.format(port, addr, free_port())) from None
 
 
 def _tool_and_out_dir(command):
