@@ -49,13 +49,12 @@ def expand_nodelist(nodelist):
     if not all(items):
         raise _bad_nodelist(nodelist, "it has an empty entry")
     for item in items:
-        parts = [[piece] for piece in re.split(r"(\[[^\]]*\])", item)]
-        for i, (piece,) in enumerate(parts):
-            bad = re.search(r"[^A-Za-z0-9._-]", piece)
-            if piece.startswith("["):
-                parts[i] = _expand_ranges(piece[1:-1], nodelist)
-            elif bad:
+        parts = []
+        for piece in re.split(r"(\[[^\]]*\])", item):  # text and [ranges] in turn
+            bad, is_range = re.search(r"[^A-Za-z0-9._-]", piece), piece.startswith("[")
+            if bad and not is_range:
                 raise _bad_nodelist(nodelist, "it holds {!r}".format(bad.group()))
+            parts.append(_expand_ranges(piece[1:-1], nodelist) if is_range else [piece])
         if len(hosts) + math.prod(map(len, parts)) > MAX_HOSTS:
             raise _bad_nodelist(nodelist, "it names more than {} hosts".format(MAX_HOSTS))
         hosts += ["".join(p) for p in itertools.product(*parts)]
