@@ -299,10 +299,11 @@ def test_rank_and_world_size_come_from_torch_distributed(data, tmp_path):
     init = "file://" + str(tmp_path / "store")
     torch_dist.init_process_group("gloo", init_method=init, rank=0, world_size=1)
     try:
-        assert loader._rank_and_world_size(None, None) == (0, 1)
-        assert loader._rank_and_world_size(3, 4) == (3, 4)
         dl = loader.construct_train_loader()
         assert dl.batch_size == 4 and dl.sampler.__class__.__name__ == "RandomSampler"
+        assert dl.rank == 0
+        dl = loader.construct_train_loader(rank=1, world_size=2)  # given: these win
+        assert (dl.rank, dl.sampler.rank, dl.sampler.num_replicas) == (1, 1, 2)
     finally:
         torch_dist.destroy_process_group()
 
