@@ -4,7 +4,8 @@ Classes are the sorted names of a split's sub-folders; images are the files belo
 image extension (any case), hidden files and folders left out. Links are followed, but each real
 folder and file is listed once (see scan_images), so a scan always ends. An unreadable image is
 logged once, counted across workers (BadFiles) and replaced by the next readable one, so a few
-corrupt files do not end a long run.
+corrupt files do not end a long run. Each sample's augmentations draw from a seed of their own
+(the epoch's and the index), so they are the same for any worker count and after a resume.
 """
 
 import io
@@ -52,42 +53,30 @@ def _names(names):
     return ", ".join(names[:_MAX_NAMES]) + (" and {} more".format(more) if more > 0 else "")
 
 
-def _to_rgb(im):
-    """Converts a PIL image of any mode (L, P, LA, CMYK, I;16, ...) to RGB."""
-    if im.mode.startswith("I"):  # 16-bit grey: scale to 8 bits (convert would clip at 255)
-        arr = np.asarray(im, dtype=np.float32) / 257.0
-        im = Image.fromarray(np.clip(arr + 0.5, 0, 255).astype(np.uint8), "L")
-    elif im.mode == "P" and "transparency" in im.info:
-        im = im.convert("RGBA")  # PIL warns on a straight convert of these to RGB
-    return im.convert("RGB")
-
-
-def _too_large(pixels):
-    msg = "image size ({} pixels) exceeds the limit of {} pixels (PIL.Image.MAX_IMAGE_PIXELS)"
-    return ImageTooLarge(msg.format(pixels, Image.MAX_IMAGE_PIXELS))
-
-
 def _open(data):
-    """Opens image bytes with PIL (the header only); refuses images above the pixel limit."""
+    """Opens image bytes with PIL (reading the header only), refusing an image above the pixel
+    limit before any pixel is decoded (PIL itself only warns up to twice the limit)."""
     try:
         with warnings.catch_warnings():
-            # PIL only warns between 1x and 2x MAX_IMAGE_PIXELS; refuse those as well
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            im = Image.open(io.BytesIO(data))
+            return Image.open(io.BytesIO(data))
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         pixels = re.search(r"\((\d+) pixels\)", str(e))
-        raise _too_large(pixels.group(1) if pixels else "?") from None
-    limit = Image.MAX_IMAGE_PIXELS
-    if limit and im.size[0] * im.size[1] > limit:
-        raise _too_large(im.size[0] * im.size[1])
-    return im
+        msg = "image size ({} pixels) exceeds the limit of {} pixels (PIL.Image.MAX_IMAGE_PIXELS)"
+        pixels = pixels.group(1) if pixels else "?"
+        raise ImageTooLarge(msg.format(pixels, Image.MAX_IMAGE_PIXELS)) from None
 
 
 def _decode_pil(data, im=None):
-    """Decodes image bytes (opened as im already, or not) with PIL into an upright RGB uint8
-    CHW tensor."""
+    """Decodes image bytes (or their PIL image) of any mode into an upright RGB uint8 tensor."""
     with im or _open(data) as im:
-        arr = np.array(_to_rgb(ImageOps.exif_transpose(im)), dtype=np.uint8)
+        im = ImageOps.exif_transpose(im)
+        if im.mode.startswith("I"):  # 16-bit grey: scale to 8 bits (convert would clip)
+            arr = np.asarray(im, dtype=np.float32) / 257.0
+            im = Image.fromarray(np.clip(arr + 0.5, 0, 255).astype(np.uint8), "L")
+        elif im.mode == "P" and "transparency" in im.info:
+            im = im.convert("RGBA")  # PIL warns on a straight convert of these to RGB
+        arr = np.array(im.convert("RGB"), dtype=np.uint8)
     return torch.from_numpy(arr).permute(2, 0, 1)
 
 
@@ -103,7 +92,7 @@ def decode_image(data):
                 warnings.simplefilter("ignore", DeprecationWarning)
                 raw = torch.frombuffer(bytearray(data), dtype=torch.uint8)
                 return decode_jpeg(raw, mode=ImageReadMode.RGB, apply_exif_orientation=True)
-        except RuntimeError:
+        except (RuntimeError, TypeError):  # TypeError: a torchvision without EXIF support
             pass  # let PIL decode it or say why it cannot
     return _decode_pil(data, im)
 
@@ -143,42 +132,35 @@ def find_classes(path):
     return classes
 
 
-def check_same_classes(data_path, split, other_split, listed=None):
-    """Raises a PyclsError naming the differing classes when two splits' classes differ
-    (listed maps a split to its class names where they are read already)."""
-    listed = listed or {}
-
-    def classes(name):
-        return set(listed[name] if name in listed else find_classes(split_path(data_path, name)))
-
-    first, second = sorted((split, other_split))
-    ours, theirs = classes(first), classes(second)
-    if ours != theirs:
-        only = [
-            "only in {}: {}".format(name, _names(names))
-            for name, names in ((first, ours - theirs), (second, theirs - ours))
-            if names
-        ]
-        msg = "the classes of {}/{} and {}/{} differ ({}); give both splits the same class folders"
-        raise PyclsError(msg.format(data_path, first, data_path, second, "; ".join(only)))
-
-
 def list_classes(data_path, split, other_split=None, listed=None):
-    """Fills and returns `listed`, mapping split and (where its folder exists) other_split to
-    their class names; raises a PyclsError when a folder is missing or the two differ. Each
-    split folder is checked and read once: a split already in `listed` is taken from there."""
+    """Fills and returns `listed` ({split: class names}) with split and, where its folder
+    exists, other_split; raises a PyclsError when split's folder is missing or the two differ.
+    A split already in `listed` (the other loader's) is not read again."""
     listed = {} if listed is None else listed
-    roots = {} if split in listed else {split: split_path(data_path, split)}
-    names = [split]
-    if other_split not in (None, split):
-        if other_split in listed or os.path.isdir(os.path.join(data_path, other_split)):
-            names.append(other_split)
-    for name in sorted(names):
-        if name not in listed:
-            listed[name] = find_classes(roots.get(name) or split_path(data_path, name))
-    if len(names) == 2:
+    for name in (split, other_split):
+        wanted = name == split or (name and os.path.isdir(os.path.join(data_path, name)))
+        if wanted and name not in listed:
+            listed[name] = find_classes(split_path(data_path, name))
+    if other_split in listed and other_split != split:
         check_same_classes(data_path, split, other_split, listed)
     return listed
+
+
+def check_same_classes(data_path, split, other_split, listed=None):
+    """Raises a PyclsError naming the classes only one of two splits has."""
+    listed = list_classes(
+        data_path, other_split, None, list_classes(data_path, split, None, listed)
+    )
+    first, second = sorted((split, other_split))
+    ours, theirs = set(listed[first]), set(listed[second])
+    only = [
+        "only in {}: {}".format(name, _names(names))
+        for name, names in ((first, ours - theirs), (second, theirs - ours))
+        if names
+    ]
+    if only:
+        msg = "the classes of {}/{} and {}/{} differ ({}); give both splits the same class folders"
+        raise PyclsError(msg.format(data_path, first, data_path, second, "; ".join(only)))
 
 
 def _is_image(name):
@@ -237,20 +219,21 @@ def scan_images(folders, reserved=()):
 
 
 class BadFiles:
-    """Logs unreadable images once and counts them per pass across DataLoader workers.
-
-    The counts live in shared memory, one slot per process (0 for the main process, k + 1 for
-    worker k), so each slot has a single writer and needs no lock.
-    """
+    """Logs unreadable images once and counts them per pass across DataLoader workers (in
+    shared memory, one slot per process: 0 for the main one, k + 1 for worker k, so no lock)."""
 
     def __init__(self, num_files, num_workers=0):
         self.logged = torch.zeros(num_files, dtype=torch.uint8).share_memory_()
         self.counts = torch.zeros(num_workers + 1, dtype=torch.int64).share_memory_()
 
-    def add(self, index, path, reason, count):
-        """Logs a bad file (once per file) and counts it when `count` is set."""
+    def add(self, index, path, error, count):
+        """Logs a bad file and why (once per file); counts it when `count` is set."""
         if not self.logged[index]:
             self.logged[index] = 1
+            text = (str(error).strip().splitlines() or [""])[0]
+            if isinstance(error, UnidentifiedImageError):
+                text = "cannot identify the image format"
+            reason = type(error).__name__ + (": " + text if text else "")
             logger.warning("unreadable image %s (%s); using another image instead", path, reason)
         if count:
             info = torch.utils.data.get_worker_info()
@@ -294,6 +277,8 @@ class ImageNet(torch.utils.data.Dataset):
         self._offsets = np.cumsum([0] + [len(e) for e in encoded], dtype=np.int64)
         self.labels = np.repeat(np.arange(len(lists), dtype=np.int64), [len(f) for f in lists])
         self.bad_files = BadFiles(len(paths), num_workers)
+        # The epoch's seed (-1: none), in shared memory so that running workers see a new one
+        self.epoch_seed = torch.full((1,), -1, dtype=torch.int64).share_memory_()
         logger.info("%s: %d images in %d classes", self.root, len(paths), len(self.classes))
 
     def __len__(self):
@@ -310,16 +295,13 @@ class ImageNet(torch.utils.data.Dataset):
             try:
                 im = load_image(self.path(i))
             except Exception as e:  # any failure to read or decode makes the file bad
-                self.bad_files.add(i, self.path(i), _reason(e), count=attempt == 0)
+                self.bad_files.add(i, self.path(i), e, count=attempt == 0)
                 continue
-            return self.transform(im), int(self.labels[i])
+            seed = int(self.epoch_seed[0])
+            if seed < 0:
+                return self.transform(im), int(self.labels[i])
+            with torch.random.fork_rng(devices=[], device_type="cpu"):  # the global RNG stays
+                torch.manual_seed(hash((seed, index)) % (1 << 63))
+                return self.transform(im), int(self.labels[i])
         msg = "{} images in a row from {} on are unreadable; check the files under {}"
         raise PyclsError(msg.format(_MAX_TRIES, self.path(index), self.root))
-
-
-def _reason(error):
-    """Returns a short reason for a failed read."""
-    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
-    if isinstance(error, UnidentifiedImageError):
-        text = "cannot identify the image format"
-    return "{}: {}".format(type(error).__name__, text) if text else type(error).__name__

@@ -1,22 +1,18 @@
 """Data loaders: datasets from cfg, distributed samplers, seeding, workers and the bad-file budget.
 
-Seeding: a loader's Generator is seeded with RNG_SEED + rank and re-seeded per epoch by shuffle;
-it orders the samples and seeds the workers, so augmentations differ across workers and ranks
-but repeat for one RNG_SEED. With NUM_WORKERS 0 the transforms draw from a private stream seeded
-from it, leaving the global RNG to the model. Persistent workers outlive an epoch, so shuffle
-also hands them the epoch's seed (EpochSeeded): epoch e's augmentations are the same whether the
-process ran epochs 0..e-1 before or resumed at e.
+Seeding: shuffle derives an epoch's seed from RNG_SEED + rank and the epoch; it orders the
+samples and seeds each sample's augmentations (see ImageNet), so they differ across samples,
+epochs and ranks, repeat for one RNG_SEED, and epoch e draws the same whether the run went
+through epochs 0..e-1 or resumed at e. The global RNG is left to the model.
 
 Workers start with DATA_LOADER.MP_CONTEXT (forkserver by default): a rank has threads (gloo,
-queue feeders, torch's own), and a worker forked from a threaded process can deadlock before it
-runs a line. A wait for a batch is bounded by DATA_LOADER.TIMEOUT and ends in one line naming
-the rank and the loader.
+queue feeders, torch's own), and a worker forked from a threaded process can deadlock. A wait
+for a batch is bounded by DATA_LOADER.TIMEOUT and ends in one line naming rank and loader.
 """
 
 import logging
 import multiprocessing
 import os
-import random
 import select
 import sys
 import threading
@@ -43,8 +39,8 @@ DATASETS = ("imagenet", "synthetic")
 _EPOCH_SEED_STRIDE = 1 << 20
 
 # Streams derived from an epoch's seed, kept apart from the loader's Generator (which DataLoader
-# draws from at times of its own): the sample order and the workers' RNGs
-_SAMPLER_STREAM, _WORKERS_STREAM = 1, 2
+# draws from at times of its own): the sample order and the samples' augmentations
+_SAMPLER_STREAM, _AUGMENT_STREAM = 1, 2
 
 # Start methods DATA_LOADER.MP_CONTEXT auto picks from, the first one this platform has
 _SAFE_START_METHODS = ("forkserver", "spawn")
@@ -57,29 +53,6 @@ _RANK_POLL_S = 1.0
 _QUIET_TRACKER = "ignore:resource_tracker:UserWarning"
 
 
-class EpochSeeded:
-    """Wraps a transform; in a worker it reseeds the RNGs when shuffle starts a new epoch."""
-
-    def __init__(self, transform):
-        self.transform = transform
-        # Shared memory: a later set_epoch_seed reaches workers that are running already
-        self.epoch_seed = torch.full((1,), -1, dtype=torch.int64).share_memory_()
-        self._seeded = -1
-
-    def set_epoch_seed(self, seed):
-        """Sets the seed the workers use from their next image on (call between epochs)."""
-        self.epoch_seed.fill_(seed)
-
-    def __call__(self, im):
-        seed, info = int(self.epoch_seed[0]), torch.utils.data.get_worker_info()
-        if info is not None and seed != self._seeded:
-            self._seeded, worker_seed = seed, seed + info.id
-            torch.manual_seed(worker_seed)
-            random.seed(worker_seed)
-            np.random.seed(worker_seed % (1 << 32))
-        return self.transform(im)
-
-
 class Loader(DataLoader):
     """A DataLoader that stops the run when too many of a pass's images are unreadable, and
     turns a worker's failure or stall into one line."""
@@ -87,18 +60,14 @@ class Loader(DataLoader):
     def __init__(self, dataset, seed, max_bad_fraction, name="data", rank=0, **kwargs):
         super().__init__(dataset, **kwargs)
         self.seed, self.max_bad_fraction, self.name, self.rank = seed, max_bad_fraction, name, rank
-        transform = getattr(dataset, "transform", None)
-        self.epoch_seeded = transform if isinstance(transform, EpochSeeded) else None
+        self.bad_files = getattr(dataset, "bad_files", None)
 
     def __iter__(self):
         # A pass left early may leave prefetched batches whose bad files count in the next
-        bad_files = getattr(self.dataset, "bad_files", None)
+        bad_files = self.bad_files
         if bad_files is not None:
             bad_files.reset()
         batches = super().__iter__()
-        if self.num_workers == 0:
-            seed = int(torch.randint(1 << 62, (), generator=self.generator))
-            batches = _with_private_rng(batches, seed)
         total = len(self) * self.batch_size if self.drop_last else len(self.sampler)
         try:
             for batch in batches:
@@ -133,19 +102,6 @@ def _one_line(error, data_loader):
         msg += "DATA_LOADER.NUM_WORKERS or TRAIN/TEST.BATCH_SIZE"
         return PyclsError(msg.format(where, what, detail))
     return None
-
-
-def _with_private_rng(batches, seed):
-    """Fetches batches with torch's CPU RNG swapped for a private stream started at seed."""
-    state = torch.Generator().manual_seed(seed).get_state()
-    while True:
-        with torch.random.fork_rng(devices=[], device_type="cpu"):
-            torch.set_rng_state(state)
-            batch = next(batches, None)
-            state = torch.get_rng_state()
-        if batch is None:
-            return
-        yield batch
 
 
 def _too_many_bad(count, total, data_loader):
@@ -210,22 +166,16 @@ def _exit_with(pid):
     """Ends this process (a loader worker) once the process pid has ended."""
     try:
         select.select([os.pidfd_open(pid)], [], [])  # readable once it has ended (even unreaped)
-    except (AttributeError, OSError):
-        while _is_alive(pid):
+    except (AttributeError, OSError):  # no pidfd_open (not Linux): poll
+        while True:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            except OSError:
+                pass  # it exists (another user's process would say EPERM)
             time.sleep(_RANK_POLL_S)
     os._exit(1)
-
-
-def _is_alive(pid):
-    """Tells whether a process exists (a zombie, ended but not yet reaped, counts as gone)."""
-    try:
-        os.kill(pid, 0)
-        with open("/proc/{}/stat".format(pid)) as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except ProcessLookupError:
-        return False
-    except OSError:  # no permission to signal it, or no /proc: it exists
-        return True
 
 
 def _num_workers():
@@ -266,10 +216,10 @@ def _construct_dataset(train, key, num_workers, listed):
     data_path, order = cfg.DATA_LOADER.DATA_PATH, cfg.INPUT.CHANNEL_ORDER
     listed = list_classes(data_path, sec.SPLIT, other.SPLIT, listed)
     if train:
-        transform = EpochSeeded(transforms.train_transform(
+        transform = transforms.train_transform(
             cfg.TRAIN.IM_SIZE, cfg.TRAIN.AUGMENT, cfg.TRAIN.PCA_STD, cfg.TRAIN.CROP_SCALE,
             cfg.TRAIN.HFLIP, order,
-        ))  # fmt: skip
+        )  # fmt: skip
     else:
         transform = transforms.test_transform(cfg.TEST.IM_SIZE, cfg.TRAIN.IM_SIZE, order)
     dataset = ImageNet(data_path, sec.SPLIT, transform, num_workers, listed[sec.SPLIT])
@@ -307,6 +257,8 @@ def _construct_loader(train, device, rank, world_size, listed=None):
         msg = "{} {} gives batches of {} per process, more than the {} images it gets; lower {}"
         images = len(data_loader.sampler)
         raise PyclsError(msg.format(key, batch, batch // world_size, images, key))
+    if train:
+        shuffle(data_loader, 0)  # epoch 0 until shuffle says otherwise
     return data_loader
 
 
@@ -328,21 +280,19 @@ def construct_loaders(device=None, rank=None, world_size=None):
 
 
 def shuffle(loader, cur_epoch):
-    """Starts an epoch: reshuffles the samples (per epoch seed) and resets the bad-file count."""
+    """Starts an epoch of a Loader: reshuffles (per epoch seed), resets the bad-file count."""
+    epoch_seed = loader.seed + cur_epoch * _EPOCH_SEED_STRIDE
+    loader.generator.manual_seed(epoch_seed)
     if isinstance(loader.sampler, DistributedSampler):
         loader.sampler.set_epoch(cur_epoch)
-    if isinstance(loader, Loader):
-        epoch_seed = loader.seed + cur_epoch * _EPOCH_SEED_STRIDE
-        loader.generator.manual_seed(epoch_seed)
-        if isinstance(loader.sampler, RandomSampler) and loader.sampler.generator is not None:
-            loader.sampler.generator.manual_seed(_stream_seed(epoch_seed, _SAMPLER_STREAM))
-        if loader.epoch_seeded is not None:
-            loader.epoch_seeded.set_epoch_seed(_stream_seed(epoch_seed, _WORKERS_STREAM))
-    if getattr(loader.dataset, "bad_files", None) is not None:
-        loader.dataset.bad_files.reset()
+    elif isinstance(loader.sampler, RandomSampler):
+        loader.sampler.generator.manual_seed(_stream_seed(epoch_seed, _SAMPLER_STREAM))
+    if hasattr(loader.dataset, "epoch_seed"):
+        loader.dataset.epoch_seed.fill_(_stream_seed(epoch_seed, _AUGMENT_STREAM))
+    if loader.bad_files is not None:
+        loader.bad_files.reset()
 
 
 def bad_file_count(loader):
     """Returns the number of unreadable images met in the current (or last) pass, all workers."""
-    bad_files = getattr(loader.dataset, "bad_files", None)
-    return 0 if bad_files is None else bad_files.count()
+    return 0 if loader.bad_files is None else loader.bad_files.count()
