@@ -1,11 +1,9 @@
 """Image folder dataset in ImageNet layout: DATA_PATH/<split>/<class>/<image>.
 
 Classes are the sorted names of a split's sub-folders; images are the files below them with an
-image extension (any case), hidden files and folders left out. Links are followed, but each real
-folder and file is listed once (see scan_images), so a scan always ends. An unreadable image is
-logged once, counted across workers (BadFiles) and replaced by the next readable one, so a few
-corrupt files do not end a long run. Each sample's augmentations draw from a seed of their own
-(the epoch's and the index), so they are the same for any worker count and after a resume.
+image extension (any case), hidden ones left out, each real file once (see scan_images). An
+unreadable image is logged once, counted across workers (BadFiles) and replaced by the next
+readable one, so a few corrupt files do not end a long run.
 """
 
 import io
@@ -33,18 +31,12 @@ logger = logging.getLogger(__name__)
 # File extensions read as images (compared in lower case)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
-# An image is replaced by the next readable one among this many (else the data set is broken)
-_MAX_TRIES = 50
-
-# How many names an error message lists
-_MAX_NAMES = 10
+# An image is replaced by the next readable one among this many (else the data set is broken);
+# an error message lists this many names
+_MAX_TRIES, _MAX_NAMES = 50, 10
 
 # Most bytes an image file within the pixel limit needs (16-bit RGBA PNG, 8 bytes a pixel)
 _BYTES_PER_PIXEL = 8
-
-
-class ImageTooLarge(ValueError):
-    """An image above the decompression-bomb limit (PIL.Image.MAX_IMAGE_PIXELS)."""
 
 
 def _names(names):
@@ -64,7 +56,7 @@ def _open(data):
         pixels = re.search(r"\((\d+) pixels\)", str(e))
         msg = "image size ({} pixels) exceeds the limit of {} pixels (PIL.Image.MAX_IMAGE_PIXELS)"
         pixels = pixels.group(1) if pixels else "?"
-        raise ImageTooLarge(msg.format(pixels, Image.MAX_IMAGE_PIXELS)) from None
+        raise ValueError(msg.format(pixels, Image.MAX_IMAGE_PIXELS)) from None
 
 
 def _decode_pil(data, im=None):
@@ -103,7 +95,7 @@ def load_image(path):
         size, limit = os.fstat(f.fileno()).st_size, Image.MAX_IMAGE_PIXELS
         if limit and size > limit * _BYTES_PER_PIXEL:  # never read a huge file into memory
             msg = "file of {} MiB is larger than any image within PIL.Image.MAX_IMAGE_PIXELS"
-            raise ImageTooLarge(msg.format(size // 1024**2))
+            raise ValueError(msg.format(size // 1024**2))
         return decode_image(f.read())
 
 
@@ -134,23 +126,15 @@ def find_classes(path):
 
 def list_classes(data_path, split, other_split=None, listed=None):
     """Fills and returns `listed` ({split: class names}) with split and, where its folder
-    exists, other_split; raises a PyclsError when split's folder is missing or the two differ.
-    A split already in `listed` (the other loader's) is not read again."""
+    exists, other_split; raises a PyclsError when split's folder is missing or the two differ
+    (naming the classes only one has). A split already in `listed` is not read again."""
     listed = {} if listed is None else listed
     for name in (split, other_split):
         wanted = name == split or (name and os.path.isdir(os.path.join(data_path, name)))
         if wanted and name not in listed:
             listed[name] = find_classes(split_path(data_path, name))
-    if other_split in listed and other_split != split:
-        check_same_classes(data_path, split, other_split, listed)
-    return listed
-
-
-def check_same_classes(data_path, split, other_split, listed=None):
-    """Raises a PyclsError naming the classes only one of two splits has."""
-    listed = list_classes(
-        data_path, other_split, None, list_classes(data_path, split, None, listed)
-    )
+    if other_split not in listed or other_split == split:
+        return listed
     first, second = sorted((split, other_split))
     ours, theirs = set(listed[first]), set(listed[second])
     only = [
@@ -161,11 +145,7 @@ def check_same_classes(data_path, split, other_split, listed=None):
     if only:
         msg = "the classes of {}/{} and {}/{} differ ({}); give both splits the same class folders"
         raise PyclsError(msg.format(data_path, first, data_path, second, "; ".join(only)))
-
-
-def _is_image(name):
-    """Tells whether a file name is a (non-hidden) image by its extension."""
-    return not name.startswith(".") and has_file_allowed_extension(name, IMAGE_EXTENSIONS)
+    return listed
 
 
 def scan_images(folders, reserved=()):
@@ -205,7 +185,7 @@ def scan_images(folders, reserved=()):
                         skipped += link  # a link to itself, a parent or a folder walked
                 elif link and not e.is_file():
                     skipped += 1  # a broken link
-                elif _is_image(e.name):
+                elif has_file_allowed_extension(e.name, IMAGE_EXTENSIONS):
                     found.append((index, path, target, link))
             stack.extend(reversed(dirs))
     plain, listed, lists = {t for _, _, t, link in found if not link}, set(), [[] for _ in folders]
@@ -277,7 +257,7 @@ class ImageNet(torch.utils.data.Dataset):
         self._offsets = np.cumsum([0] + [len(e) for e in encoded], dtype=np.int64)
         self.labels = np.repeat(np.arange(len(lists), dtype=np.int64), [len(f) for f in lists])
         self.bad_files = BadFiles(len(paths), num_workers)
-        # The epoch's seed (-1: none), in shared memory so that running workers see a new one
+        # The epoch's seed (loader.shuffle), shared with the workers that are running already
         self.epoch_seed = torch.full((1,), -1, dtype=torch.int64).share_memory_()
         logger.info("%s: %d images in %d classes", self.root, len(paths), len(self.classes))
 
@@ -297,11 +277,9 @@ class ImageNet(torch.utils.data.Dataset):
             except Exception as e:  # any failure to read or decode makes the file bad
                 self.bad_files.add(i, self.path(i), e, count=attempt == 0)
                 continue
-            seed = int(self.epoch_seed[0])
-            if seed < 0:
-                return self.transform(im), int(self.labels[i])
+            # A seed of its own: the same augmentations for any worker count and after a resume
             with torch.random.fork_rng(devices=[], device_type="cpu"):  # the global RNG stays
-                torch.manual_seed(hash((seed, index)) % (1 << 63))
+                torch.manual_seed(hash((int(self.epoch_seed[0]), index)) % (1 << 63))
                 return self.transform(im), int(self.labels[i])
         msg = "{} images in a row from {} on are unreadable; check the files under {}"
         raise PyclsError(msg.format(_MAX_TRIES, self.path(index), self.root))

@@ -1,15 +1,14 @@
 """Data loaders: datasets from cfg, distributed samplers, seeding, workers and the bad-file budget.
 
 Seeding: shuffle derives an epoch's seed from RNG_SEED + rank and the epoch; it orders the
-samples and seeds each sample's augmentations (see ImageNet), so they differ across samples,
-epochs and ranks, repeat for one RNG_SEED, and epoch e draws the same whether the run went
-through epochs 0..e-1 or resumed at e. The global RNG is left to the model.
-
-Workers start with DATA_LOADER.MP_CONTEXT (forkserver by default): a rank has threads (gloo,
-queue feeders, torch's own), and a worker forked from a threaded process can deadlock. A wait
-for a batch is bounded by DATA_LOADER.TIMEOUT and ends in one line naming rank and loader.
+samples and seeds each sample's augmentations, so they repeat for one RNG_SEED and epoch e is the
+same whether the run went through epochs 0..e-1 or resumed at e. Workers start with
+DATA_LOADER.MP_CONTEXT (forkserver by default): a rank has threads (gloo, queue feeders, torch's)
+and a worker forked from a threaded process can deadlock. A wait for a batch is bounded by
+DATA_LOADER.TIMEOUT and ends in one line naming the rank and the loader.
 """
 
+import contextlib
 import logging
 import multiprocessing
 import os
@@ -18,7 +17,6 @@ import sys
 import threading
 import time
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, RandomSampler
 from torch.utils.data.distributed import DistributedSampler
@@ -45,9 +43,6 @@ _SAMPLER_STREAM, _AUGMENT_STREAM = 1, 2
 # Start methods DATA_LOADER.MP_CONTEXT auto picks from, the first one this platform has
 _SAFE_START_METHODS = ("forkserver", "spawn")
 
-# Seconds between a worker's checks that its rank is alive (where pidfd_open is missing)
-_RANK_POLL_S = 1.0
-
 # A stopped rank leaves its loaders' semaphores to multiprocessing's resource tracker, whose
 # "leaked semaphore" warnings would stand between the job's output and its one stop line
 _QUIET_TRACKER = "ignore:resource_tracker:UserWarning"
@@ -71,8 +66,13 @@ class Loader(DataLoader):
         total = len(self) * self.batch_size if self.drop_last else len(self.sampler)
         try:
             for batch in batches:
-                if bad_files is not None and bad_files.count() / total > self.max_bad_fraction:
-                    raise _too_many_bad(bad_files.count(), total, self)
+                count = 0 if bad_files is None else bad_files.count()
+                if count / total > self.max_bad_fraction:
+                    msg = "{} of the {} images of this epoch in {} are unreadable ({:.2%}), more "
+                    msg += "than DATA_LOADER.MAX_BAD_FRACTION {}; fix or remove the files named "
+                    msg += "in the warnings, or raise DATA_LOADER.MAX_BAD_FRACTION"
+                    root, fraction = self.dataset.root, self.max_bad_fraction
+                    raise PyclsError(msg.format(count, total, root, count / total, fraction))
                 yield batch
         except (PyclsError, RuntimeError) as e:
             # Drop the traceback: DataLoader's reraise frame holds the error, a cycle that
@@ -104,20 +104,9 @@ def _one_line(error, data_loader):
     return None
 
 
-def _too_many_bad(count, total, data_loader):
-    """Builds the error for a pass with more bad files than DATA_LOADER.MAX_BAD_FRACTION."""
-    msg = (
-        "{} of the {} images of this epoch in {} are unreadable ({:.2%}), more than "
-        "DATA_LOADER.MAX_BAD_FRACTION {}; fix or remove the files named in the warnings, "
-        "or raise DATA_LOADER.MAX_BAD_FRACTION"
-    )
-    root, fraction = data_loader.dataset.root, data_loader.max_bad_fraction
-    return PyclsError(msg.format(count, total, root, count / total, fraction))
-
-
 def _stream_seed(epoch_seed, stream):
     """Returns the seed of one of the RNG streams of a loader's epoch."""
-    return int(np.random.SeedSequence([epoch_seed, stream]).generate_state(1)[0])
+    return hash((epoch_seed, stream)) % (1 << 63)  # an int tuple's hash is the same everywhere
 
 
 def mp_context():
@@ -166,15 +155,10 @@ def _exit_with(pid):
     """Ends this process (a loader worker) once the process pid has ended."""
     try:
         select.select([os.pidfd_open(pid)], [], [])  # readable once it has ended (even unreaped)
-    except (AttributeError, OSError):  # no pidfd_open (not Linux): poll
-        while True:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                break
-            except OSError:
-                pass  # it exists (another user's process would say EPERM)
-            time.sleep(_RANK_POLL_S)
+    except (AttributeError, OSError):  # no pidfd_open (not Linux): ask every second
+        with contextlib.suppress(OSError):  # ProcessLookupError: it has ended
+            while not os.kill(pid, 0):
+                time.sleep(1.0)
     os._exit(1)
 
 
@@ -190,26 +174,13 @@ def _num_workers():
     return wanted
 
 
-def _check_num_classes(dataset):
-    """Checks that MODEL.NUM_CLASSES covers the data set's classes."""
-    found, num_classes = len(dataset.classes), cfg.MODEL.NUM_CLASSES
-    if found > num_classes:
-        msg = "{} has {} classes but MODEL.NUM_CLASSES is {}; set MODEL.NUM_CLASSES {}"
-        raise PyclsError(msg.format(dataset.root, found, num_classes, found))
-    if found < num_classes:
-        msg = "%s has %d classes; MODEL.NUM_CLASSES is %d"
-        logger.warning(msg, dataset.root, found, num_classes)
-
-
 def _construct_dataset(train, key, num_workers, listed):
     """Builds the dataset named by TRAIN.DATASET / TEST.DATASET (listed: see list_classes)."""
     sec, other = (cfg.TRAIN, cfg.TEST) if train else (cfg.TEST, cfg.TRAIN)
     if sec.DATASET == "synthetic":
-        length = cfg.DATA_LOADER.SYNTHETIC_LENGTH
-        if length <= 0:
-            length = synthetic.TRAIN_LENGTH if train else synthetic.TEST_LENGTH
-        num_classes = cfg.MODEL.NUM_CLASSES
-        return synthetic.Synthetic(length, cfg.TRAIN.IM_SIZE, num_classes, cfg.RNG_SEED)
+        default = synthetic.TRAIN_LENGTH if train else synthetic.TEST_LENGTH
+        length = max(cfg.DATA_LOADER.SYNTHETIC_LENGTH, 0) or default
+        return synthetic.Synthetic(length, cfg.TRAIN.IM_SIZE, cfg.MODEL.NUM_CLASSES, cfg.RNG_SEED)
     if sec.DATASET != "imagenet":
         msg = "{} is {!r}; choose one of {}".format(key, sec.DATASET, ", ".join(DATASETS))
         raise PyclsError(msg)
@@ -223,7 +194,13 @@ def _construct_dataset(train, key, num_workers, listed):
     else:
         transform = transforms.test_transform(cfg.TEST.IM_SIZE, cfg.TRAIN.IM_SIZE, order)
     dataset = ImageNet(data_path, sec.SPLIT, transform, num_workers, listed[sec.SPLIT])
-    _check_num_classes(dataset)
+    found, num_classes = len(dataset.classes), cfg.MODEL.NUM_CLASSES
+    if found > num_classes:
+        msg = "{} has {} classes but MODEL.NUM_CLASSES is {}; set MODEL.NUM_CLASSES {}"
+        raise PyclsError(msg.format(dataset.root, found, num_classes, found))
+    if found < num_classes:
+        msg = "%s has %d classes; MODEL.NUM_CLASSES is %d"
+        logger.warning(msg, dataset.root, found, num_classes)
     return dataset
 
 
@@ -275,8 +252,7 @@ def construct_test_loader(device=None, rank=None, world_size=None):
 def construct_loaders(device=None, rank=None, world_size=None):
     """Builds the train and test loaders; each split folder is checked and listed once."""
     listed = {}
-    train_loader = _construct_loader(True, device, rank, world_size, listed)
-    return train_loader, _construct_loader(False, device, rank, world_size, listed)
+    return tuple(_construct_loader(t, device, rank, world_size, listed) for t in (True, False))
 
 
 def shuffle(loader, cur_epoch):

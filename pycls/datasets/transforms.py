@@ -20,11 +20,7 @@ CHANNEL_ORDERS = {"rgb": (0, 1, 2), "bgr": (2, 1, 0)}
 
 # Eigenvalues and eigenvectors (columns) of the ImageNet RGB covariance (AlexNet PCA jitter)
 EIG_VALS = (0.2175, 0.0188, 0.0045)
-EIG_VECS = (
-    (-0.5675, 0.7192, 0.4009),
-    (-0.5808, -0.0045, -0.8140),
-    (-0.5836, -0.6948, 0.4203),
-)
+EIG_VECS = ((-0.5675, 0.7192, 0.4009), (-0.5808, -0.0045, -0.8140), (-0.5836, -0.6948, 0.4203))
 
 
 def channel_index(channel_order):
