@@ -20,8 +20,7 @@ from torchvision.datasets.folder import has_file_allowed_extension
 
 from pycls.core.errors import PyclsError
 
-# libjpeg-turbo straight to a tensor is faster than PIL (benchmarks/loader.py); PIL is the fallback
-try:
+try:  # libjpeg-turbo straight to a tensor beats PIL (benchmarks/loader.py); PIL is the fallback
     from torchvision.io import ImageReadMode, decode_jpeg
 except ImportError:  # torchvision deprecated its decoders in 0.29 and may drop them
     decode_jpeg = None
@@ -34,9 +33,6 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 # An image is replaced by the next readable one among this many (else the data set is broken);
 # an error message lists this many names
 _MAX_TRIES, _MAX_NAMES = 50, 10
-
-# Most bytes an image file within the pixel limit needs (16-bit RGBA PNG, 8 bytes a pixel)
-_BYTES_PER_PIXEL = 8
 
 
 def _names(names):
@@ -93,7 +89,7 @@ def load_image(path):
     """Reads an image file into an RGB uint8 CHW tensor; raises on an unreadable file."""
     with open(path, "rb") as f:
         size, limit = os.fstat(f.fileno()).st_size, Image.MAX_IMAGE_PIXELS
-        if limit and size > limit * _BYTES_PER_PIXEL:  # never read a huge file into memory
+        if limit and size > limit * 8:  # no image within the limit needs 8 bytes a pixel
             msg = "file of {} MiB is larger than any image within PIL.Image.MAX_IMAGE_PIXELS"
             raise ValueError(msg.format(size // 1024**2))
         return decode_image(f.read())
@@ -151,11 +147,9 @@ def list_classes(data_path, split, other_split=None, listed=None):
 def scan_images(folders, reserved=()):
     """Lists the image files below each folder; returns (relative paths per folder, links skipped).
 
-    Links are followed, but each real folder is entered once and each real file listed once,
-    so a scan always ends: a link to a folder already walked (itself, a parent, a `reserved`
-    folder such as another class), a broken link and a link to a file listed otherwise are
-    skipped and counted. A plain file wins over a link to it (it keeps its own class).
-    """
+    Links are followed, but each real folder is entered and each real file listed once, so a scan
+    always ends: links to a folder walked (itself, a parent, a `reserved` one such as another
+    class), broken ones and ones to a file listed otherwise are skipped; a plain file wins."""
     walked, tops = {os.path.realpath(p) for p in reserved}, set()
     found, skipped = [], 0  # found: (folder index, relative path, real path, is a link)
     for index, folder in enumerate(folders):
@@ -163,8 +157,7 @@ def scan_images(folders, reserved=()):
         if real in tops or (real in walked and folder not in reserved):
             skipped += 1  # the same folder under another name
             continue
-        walked.add(real)
-        tops.add(real)
+        walked.add(real), tops.add(real)
         stack = [("", real)]
         while stack:
             rel, real = stack.pop()
@@ -232,11 +225,9 @@ class ImageNet(torch.utils.data.Dataset):
     """Images of DATA_PATH/<split>/<class>/ with the class index as label."""
 
     def __init__(self, data_path, split, transform, num_workers=0, classes=None):
-        if classes is None:
-            self.root = split_path(data_path, split)
-            self.classes = find_classes(self.root)
-        else:  # the split's folder is checked and its classes read already (list_classes)
-            self.root, self.classes = os.path.join(data_path, split), list(classes)
+        # classes: the split's folder is checked and its classes read already (list_classes)
+        self.root = os.path.join(data_path, split) if classes else split_path(data_path, split)
+        self.classes = list(classes or find_classes(self.root))
         self.split, self.transform = split, transform
         folders = [os.path.join(self.root, name) for name in self.classes]
         lists, skipped = scan_images(folders, reserved=folders)

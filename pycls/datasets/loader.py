@@ -30,18 +30,12 @@ from pycls.datasets.imagenet import ImageNet, list_classes
 
 logger = logging.getLogger(__name__)
 
-# Valid values of TRAIN.DATASET and TEST.DATASET
-DATASETS = ("imagenet", "synthetic")
-
-# Seeds of one rank's epochs are this far apart (more than any world size)
-_EPOCH_SEED_STRIDE = 1 << 20
+# Valid values of TRAIN.DATASET and TEST.DATASET; seeds of a rank's epochs are this far apart
+DATASETS, _EPOCH_SEED_STRIDE = ("imagenet", "synthetic"), 1 << 20
 
 # Streams derived from an epoch's seed, kept apart from the loader's Generator (which DataLoader
 # draws from at times of its own): the sample order and the samples' augmentations
 _SAMPLER_STREAM, _AUGMENT_STREAM = 1, 2
-
-# Start methods DATA_LOADER.MP_CONTEXT auto picks from, the first one this platform has
-_SAFE_START_METHODS = ("forkserver", "spawn")
 
 # A stopped rank leaves its loaders' semaphores to multiprocessing's resource tracker, whose
 # "leaked semaphore" warnings would stand between the job's output and its one stop line
@@ -59,14 +53,12 @@ class Loader(DataLoader):
 
     def __iter__(self):
         # A pass left early may leave prefetched batches whose bad files count in the next
-        bad_files = self.bad_files
-        if bad_files is not None:
-            bad_files.reset()
-        batches = super().__iter__()
+        if self.bad_files is not None:
+            self.bad_files.reset()
         total = len(self) * self.batch_size if self.drop_last else len(self.sampler)
         try:
-            for batch in batches:
-                count = 0 if bad_files is None else bad_files.count()
+            for batch in super().__iter__():
+                count = bad_file_count(self)
                 if count / total > self.max_bad_fraction:
                     msg = "{} of the {} images of this epoch in {} are unreadable ({:.2%}), more "
                     msg += "than DATA_LOADER.MAX_BAD_FRACTION {}; fix or remove the files named "
@@ -113,7 +105,7 @@ def mp_context():
     """Returns the multiprocessing context every loader starts its workers with."""
     method, available = cfg.DATA_LOADER.MP_CONTEXT, multiprocessing.get_all_start_methods()
     if method == "auto":
-        method = next(m for m in _SAFE_START_METHODS if m in available)
+        method = next(m for m in ("forkserver", "spawn") if m in available)  # safe with threads
     if method not in available:
         msg = "DATA_LOADER.MP_CONTEXT {} does not exist on this platform; choose one of {}"
         raise PyclsError(msg.format(method, ", ".join(["auto"] + available)))
@@ -130,10 +122,9 @@ class _WorkerInit:
     rank's logging (forkserver, spawn), logs where the rank logs."""
 
     def __init__(self):
-        self.rank_pid = os.getpid()
-        handler = (logging.getLogger().handlers or [None])[0]
+        self.rank_pid, handler = os.getpid(), (logging.getLogger().handlers or [None])[0]
         self.log_file = getattr(handler, "baseFilename", None)
-        self.log_stdout = getattr(handler, "stream", None) is sys.stdout
+        self.log_stream = "stdout" if getattr(handler, "stream", None) is sys.stdout else "stderr"
         self.log_format = getattr(getattr(handler, "formatter", None), "_fmt", None)
 
     def __call__(self, worker_id):
@@ -143,10 +134,8 @@ class _WorkerInit:
             threading.Thread(target=_exit_with, args=(self.rank_pid,), daemon=True).start()
         if self.log_format is None or logging.getLogger().handlers:
             return
-        if self.log_file:
-            handler = logging.FileHandler(self.log_file)
-        else:
-            handler = logging.StreamHandler(sys.stdout if self.log_stdout else sys.stderr)
+        stream = logging.StreamHandler(getattr(sys, self.log_stream))
+        handler = logging.FileHandler(self.log_file) if self.log_file else stream
         handler.setFormatter(logging.Formatter(self.log_format))
         logging.basicConfig(level=logging.WARNING, handlers=[handler])
 
@@ -162,18 +151,6 @@ def _exit_with(pid):
     os._exit(1)
 
 
-def _num_workers():
-    """Returns DATA_LOADER.NUM_WORKERS capped at the CPUs this process may use."""
-    wanted = cfg.DATA_LOADER.NUM_WORKERS
-    affinity = getattr(os, "sched_getaffinity", None)
-    cpus = len(affinity(0)) if affinity else os.cpu_count() or 1
-    if wanted > cpus:
-        msg = "DATA_LOADER.NUM_WORKERS %d is more than the %d CPUs available; using %d"
-        logger.warning(msg, wanted, cpus, cpus)
-        return cpus
-    return wanted
-
-
 def _construct_dataset(train, key, num_workers, listed):
     """Builds the dataset named by TRAIN.DATASET / TEST.DATASET (listed: see list_classes)."""
     sec, other = (cfg.TRAIN, cfg.TEST) if train else (cfg.TEST, cfg.TRAIN)
@@ -186,6 +163,14 @@ def _construct_dataset(train, key, num_workers, listed):
         raise PyclsError(msg)
     data_path, order = cfg.DATA_LOADER.DATA_PATH, cfg.INPUT.CHANNEL_ORDER
     listed = list_classes(data_path, sec.SPLIT, other.SPLIT, listed)
+    # The class count is checked before the (long) listing of the images
+    root, found = os.path.join(data_path, sec.SPLIT), len(listed[sec.SPLIT])
+    num_classes = cfg.MODEL.NUM_CLASSES
+    if found > num_classes:
+        msg = "{} has {} classes but MODEL.NUM_CLASSES is {}; set MODEL.NUM_CLASSES {}"
+        raise PyclsError(msg.format(root, found, num_classes, found))
+    if found < num_classes:
+        logger.warning("%s has %d classes; MODEL.NUM_CLASSES is %d", root, found, num_classes)
     if train:
         transform = transforms.train_transform(
             cfg.TRAIN.IM_SIZE, cfg.TRAIN.AUGMENT, cfg.TRAIN.PCA_STD, cfg.TRAIN.CROP_SCALE,
@@ -193,15 +178,7 @@ def _construct_dataset(train, key, num_workers, listed):
         )  # fmt: skip
     else:
         transform = transforms.test_transform(cfg.TEST.IM_SIZE, cfg.TRAIN.IM_SIZE, order)
-    dataset = ImageNet(data_path, sec.SPLIT, transform, num_workers, listed[sec.SPLIT])
-    found, num_classes = len(dataset.classes), cfg.MODEL.NUM_CLASSES
-    if found > num_classes:
-        msg = "{} has {} classes but MODEL.NUM_CLASSES is {}; set MODEL.NUM_CLASSES {}"
-        raise PyclsError(msg.format(dataset.root, found, num_classes, found))
-    if found < num_classes:
-        msg = "%s has %d classes; MODEL.NUM_CLASSES is %d"
-        logger.warning(msg, dataset.root, found, num_classes)
-    return dataset
+    return ImageNet(data_path, sec.SPLIT, transform, num_workers, listed[sec.SPLIT])
 
 
 def _construct_loader(train, device, rank, world_size, listed=None):
@@ -213,7 +190,12 @@ def _construct_loader(train, device, rank, world_size, listed=None):
     if batch % world_size:
         msg = "{} {} does not divide by the {} processes; set {} to a multiple of {}"
         raise PyclsError(msg.format(key, batch, world_size, key, world_size))
-    num_workers = _num_workers()
+    num_workers, affinity = cfg.DATA_LOADER.NUM_WORKERS, getattr(os, "sched_getaffinity", None)
+    cpus = len(affinity(0)) if affinity else os.cpu_count() or 1
+    if num_workers > cpus:  # more would only compete for the CPUs
+        msg = "DATA_LOADER.NUM_WORKERS %d is more than the %d CPUs available; using %d"
+        logger.warning(msg, num_workers, cpus, cpus)
+        num_workers = cpus
     dataset = _construct_dataset(train, prefix + ".DATASET", num_workers, listed)
     seed, sampler = cfg.RNG_SEED + rank, None
     if world_size > 1:

@@ -1,8 +1,7 @@
 """Synthetic data: random normalised images and labels from memory, for speed runs without disk.
 
-A small bank of random samples is made once; item i is bank[i % bank size], so an item costs
-nothing but the collate copy. An epoch is ImageNet-sized (TRAIN_LENGTH, TEST_LENGTH) unless
-DATA_LOADER.SYNTHETIC_LENGTH is above 0.
+A small bank of random samples is made once; item i is bank[i % bank size], so an item costs only
+the collate copy. An epoch is ImageNet-sized unless DATA_LOADER.SYNTHETIC_LENGTH is above 0.
 """
 
 import torch

@@ -38,12 +38,9 @@ def mean_std(channel_order):
 
 
 class NormalizeLighting(v2.Transform):
-    """uint8 RGB -> float32 in channel_order, normalised, plus AlexNet PCA lighting noise.
-
-    One fused pass: x / (255 std) + (offset - mean) / std, with the RGB offset EIG_VECS @ (alpha
-    * EIG_VALS), alpha ~ N(0, pca_std) per image, on the [0, 1] scale as in pycls (which adds it
-    in RGB and reverses after: the same numbers). Float inputs are taken to be on [0, 1].
-    """
+    """uint8 RGB -> float32 in channel_order, normalised, plus AlexNet PCA lighting noise, in one
+    pass: x / (255 std) + (offset - mean) / std, offset = EIG_VECS @ (alpha * EIG_VALS) with alpha
+    ~ N(0, pca_std) per image, as pycls (RGB, then reversed). Float inputs are on [0, 1]."""
 
     def __init__(self, pca_std=0.0, channel_order="bgr"):
         super().__init__()
