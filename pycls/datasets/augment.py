@@ -1,8 +1,7 @@
 """AutoAugment and RandAugment from torchvision (v2), named by pycls-style strings.
 
-TRAIN.AUGMENT is "" (none), "AutoAugment" (the ImageNet policy) or "RandAugment" with optional
-"_N<ops>" and "_M<magnitude>" parts, e.g. "RandAugment_N2_M0.5". As in pycls M runs from 0 to 1;
-it maps onto torchvision's magnitude bins (0 to 30), so M0.5 is bin 15. The ops work on uint8.
+TRAIN.AUGMENT is "", "AutoAugment" (the ImageNet policy) or "RandAugment" with optional "_N<ops>"
+and "_M<magnitude>" parts; M runs from 0 to 1 as in pycls, on torchvision's bins 0..30 (M0.5: 15).
 """
 
 from torchvision.transforms import v2

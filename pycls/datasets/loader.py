@@ -37,14 +37,12 @@ DATASETS, _EPOCH_SEED_STRIDE = ("imagenet", "synthetic"), 1 << 20
 # draws from at times of its own): the sample order and the samples' augmentations
 _SAMPLER_STREAM, _AUGMENT_STREAM = 1, 2
 
-# A stopped rank leaves its loaders' semaphores to multiprocessing's resource tracker, whose
-# "leaked semaphore" warnings would stand between the job's output and its one stop line
+# Quiets the resource tracker's "leaked semaphore" warnings of a stopped rank (its stop line last)
 _QUIET_TRACKER = "ignore:resource_tracker:UserWarning"
 
 
 class Loader(DataLoader):
-    """A DataLoader that stops the run when too many of a pass's images are unreadable, and
-    turns a worker's failure or stall into one line."""
+    """A DataLoader with a budget of unreadable images per pass and one-line worker failures."""
 
     def __init__(self, dataset, seed, max_bad_fraction, name="data", rank=0, **kwargs):
         super().__init__(dataset, **kwargs)
@@ -238,12 +236,14 @@ def construct_loaders(device=None, rank=None, world_size=None):
 
 
 def shuffle(loader, cur_epoch):
-    """Starts an epoch of a Loader: reshuffles (per epoch seed), resets the bad-file count."""
-    epoch_seed = loader.seed + cur_epoch * _EPOCH_SEED_STRIDE
-    loader.generator.manual_seed(epoch_seed)
+    """Starts an epoch: reshuffles the samples (per epoch seed) and resets the bad-file count."""
     if isinstance(loader.sampler, DistributedSampler):
         loader.sampler.set_epoch(cur_epoch)
-    elif isinstance(loader.sampler, RandomSampler):
+    if not isinstance(loader, Loader):  # a plain DataLoader (tests, tools)
+        return
+    epoch_seed = loader.seed + cur_epoch * _EPOCH_SEED_STRIDE
+    loader.generator.manual_seed(epoch_seed)
+    if isinstance(loader.sampler, RandomSampler):
         loader.sampler.generator.manual_seed(_stream_seed(epoch_seed, _SAMPLER_STREAM))
     if hasattr(loader.dataset, "epoch_seed"):
         loader.dataset.epoch_seed.fill_(_stream_seed(epoch_seed, _AUGMENT_STREAM))
@@ -253,4 +253,5 @@ def shuffle(loader, cur_epoch):
 
 def bad_file_count(loader):
     """Returns the number of unreadable images met in the current (or last) pass, all workers."""
-    return 0 if loader.bad_files is None else loader.bad_files.count()
+    bad_files = getattr(loader, "bad_files", None)
+    return 0 if bad_files is None else bad_files.count()
