@@ -1029,6 +1029,75 @@ ROWS = [
 ]
 
 
+# --------------- data path and class count: checked before anything is written --------------- #
+def writes_nothing(build):
+    """Wraps a tools/*.py command builder: a run that leaves its OUT_DIR behind ends in a line
+    saying so (and exit 99), so the row fails."""
+
+    def wrapped(ws):
+        argv, env = build(ws)
+        out = argv[argv.index("OUT_DIR") + 1]
+        check = '"$@"; rc=$?; [ -e "$0" ] && echo "OUT_DIR $0 was written" >&2 && exit 99; exit $rc'
+        return ["bash", "-c", check, out] + argv, env
+
+    return wrapped
+
+
+ROWS += [
+    row(
+        "data_is_a_file_nothing_written",
+        "`--data_path` is a file: nothing is written",
+        writes_nothing(train(data="a_file")),
+        r"error: data path {} is not a folder; pass --data_path DIR .*".format(P),
+    ),
+    row(
+        "too_few_classes_nothing_written",
+        "`MODEL.NUM_CLASSES` below the data's classes: nothing is written",
+        writes_nothing(train("MODEL.NUM_CLASSES", "2")),
+        r"error: {} has 3 classes but MODEL\.NUM_CLASSES is 2; set MODEL\.NUM_CLASSES 3".format(P),
+        slow=True,
+    ),
+    row(
+        "test_net_data_is_a_file",
+        "`tools/test_net.py` with a `--data_path` that is a file",
+        writes_nothing(
+            train("TEST.WEIGHTS", lambda ws: ws["good_pyth"], data="a_file", name="test_net")
+        ),
+        r"error: data path {} is not a folder; pass --data_path DIR .*".format(P),
+        slow=True,
+    ),
+    row(
+        "test_net_too_few_classes",
+        "`tools/test_net.py` with `MODEL.NUM_CLASSES` below the data's classes",
+        writes_nothing(
+            train(
+                "TEST.WEIGHTS",
+                lambda ws: ws["good_pyth"],
+                "MODEL.NUM_CLASSES",
+                "2",
+                name="test_net",
+            )
+        ),
+        r"error: {} has 3 classes but MODEL\.NUM_CLASSES is 2; set MODEL\.NUM_CLASSES 3".format(P),
+    ),
+    row(
+        "time_net_too_few_classes",
+        "`tools/time_net.py` with `MODEL.NUM_CLASSES` below the data's classes",
+        writes_nothing(train("MODEL.NUM_CLASSES", "2", name="time_net")),
+        r"error: {} has 3 classes but MODEL\.NUM_CLASSES is 2; set MODEL\.NUM_CLASSES 3".format(P),
+        slow=True,
+    ),
+    row(
+        "launcher_data_is_a_file",
+        "`test/train_full_1p.sh` with a data path that is a file",
+        launcher("train_full_1p.sh", lambda ws: "--data_path=" + ws["a_file"], "--device=cpu"),
+        r"error: data path {} is not a folder; pass --data_path DIR .*".format(P),
+        stream="output",
+        slow=True,
+    ),
+]
+
+
 class Workspace(dict):
     """Named paths of the files the rows use; out() gives each run a fresh OUT_DIR."""
 
