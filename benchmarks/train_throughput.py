@@ -13,7 +13,11 @@ a fresh child process per setting (a process peak RSS cannot be reset in-process
 
     python benchmarks/train_throughput.py [--models pycls,torchvision,timm]
         [--formats channels_last,contiguous] [--variants default,foreach,no-inplace,...]
-        [--batch 16] [--im-size 224] [--amp off|bf16|fp16] [--compile] [--device auto]
+        [--batch 16] [--im-size 224] [--amp auto|off|bf16|fp16] [--compile] [--device auto]
+
+--amp auto (the default) makes the trainer's choice for every model: bf16 on a CPU with native
+bf16, float32 on one without (emulated bf16 is slower), fp16 on accelerators. The variants O2
+and O0 run ours with the config's O2 (AMP.DTYPE auto) or in float32, whatever --amp says.
 
 timm is optional (pip install timm); it is skipped with a note when it does not import. No
 weights are downloaded. Numbers only; nothing about time is asserted.
@@ -47,7 +51,7 @@ DEFAULT_CFG = os.path.join(REPO_DIR, "configs/dds_baselines/effnet/EN-B3_dds_8gp
 NUM_CLASSES = 1000
 MODELS = ("pycls", "torchvision", "timm")
 FORMATS = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}
-AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+AMP_DTYPES = {"auto": None, "off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 # Variants of our step (each a row of its own): what changes against the project's defaults
 VARIANTS = {
@@ -56,6 +60,9 @@ VARIANTS = {
     "foreach": {"foreach": True, "fused": False},
     "no-inplace": {"MODEL.ACTIVATION_INPLACE": False},
     "compile": {"MODEL.COMPILE": True},
+    # The config's own O2 (the seed's perf configs) and float32, whatever --amp says
+    "O2": {"AMP.OPT_LEVEL": "O2", "AMP.DTYPE": "auto"},
+    "O0": {"AMP.OPT_LEVEL": "O0"},
 }
 
 
@@ -73,7 +80,12 @@ def parse_args(argv=None):
     arg("--rounds", type=int, default=5, help="interleaved rounds")
     arg("--warmup", type=int, default=2, help="untimed steps per setting first (>= 1)")
     arg("--device", default="auto", help="auto, cpu, gpu (cuda) or npu")
-    arg("--amp", choices=AMP_DTYPES, default="off", help="mixed precision dtype")
+    arg(
+        "--amp",
+        choices=AMP_DTYPES,
+        default="auto",
+        help="mixed precision dtype (auto: as the trainer)",
+    )
     arg("--compile", action="store_true", help="wrap every model in torch.compile")
     arg("--lr", type=float, default=0.01, help="SGD learning rate of every model")
     arg("--phases", default="train,eval", help="comma list of train, eval")
@@ -137,6 +149,15 @@ def _amp_opts(amp):
     if amp == "off":
         return {"AMP.OPT_LEVEL": "O0"}
     return {"AMP.OPT_LEVEL": "O1", "AMP.DTYPE": "bfloat16" if amp == "bf16" else "float16"}
+
+
+def resolve_amp(args, device):
+    """Returns the --amp choice auto stands for: what the trainer's Amp picks for O1 with
+    AMP.DTYPE auto on this device (off on a CPU without native bf16), and its log line."""
+    config.load_cfg(args.cfg, ["AMP.OPT_LEVEL", "O1", "AMP.DTYPE", "auto"])
+    amp = Amp(device)
+    names = {torch.float32: "off", torch.bfloat16: "bf16", torch.float16: "fp16"}
+    return names[amp.dtype], amp.describe()
 
 
 def _rebuild_optimizer(optimizer, impl):
@@ -464,6 +485,7 @@ def print_table(settings, args, device):
     for s in settings:
         print("  {} {}: {}".format(s.label, s.fmt, s.notes))
     print("  our default memory format here (MODEL.MEMORY_FORMAT auto): " + args.auto_format)
+    print("  " + args.amp_note)
 
 
 def check_losses(settings):
@@ -482,6 +504,10 @@ def main(argv=None):
     device = devices.setup(args.device)
     auto = devices.memory_format(device) == torch.channels_last
     args.auto_format = "channels_last" if auto else "contiguous"
+    args.amp_note = "--amp " + args.amp
+    if args.amp == "auto":
+        args.amp, why = resolve_amp(args, device)
+        args.amp_note = "--amp auto is {} here ({})".format(args.amp, why)
     if args.memory_child:
         return memory_child_main(args, device)
     settings = build_settings(args, device)

@@ -1,6 +1,7 @@
 """Tests of pycls.core.amp: opt levels, dtypes, loss scaling, skipped steps and apex choice."""
 
 import contextlib
+import os
 import sys
 import types
 
@@ -321,3 +322,19 @@ def test_native_choice_on_npu(monkeypatch):
     assert "autocast npu float16" in amp.describe()
     set_amp("O1", dtype="bfloat16")
     assert amp_lib.Amp(torch.device("npu:0"))._scaler is None
+
+
+@pytest.mark.parametrize("has_it,expected", [(True, "bf16"), (False, "off")])
+def test_benchmark_amp_auto_makes_the_trainers_choice(has_it, expected, monkeypatch):
+    import importlib.util
+
+    from conftest import REPO
+
+    path = os.path.join(REPO, "benchmarks", "train_throughput.py")
+    spec = importlib.util.spec_from_file_location("train_throughput", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    native_bf16(monkeypatch, has_it)
+    args = bench.parse_args(["--amp", "auto"])
+    choice, why = bench.resolve_amp(args, CPU)
+    assert choice == expected and ("no native bf16" in why) == (not has_it)

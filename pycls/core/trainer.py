@@ -306,6 +306,7 @@ def time_model(rank_id=None, device_id=None):
     loss_fun = builders.build_loss_fun().to(device)
     amp = Amp(device)
     model, _ = amp.prepare(model, None)
+    logger.info("Mixed precision: {}".format(amp.describe()))
     train_loader, test_loader = data_loader.construct_loaders(device)
     setup_out_dir()
     benchmark.compute_time_full(model, loss_fun, train_loader, test_loader, device, amp)
