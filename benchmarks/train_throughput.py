@@ -4,7 +4,8 @@ Every model trains on one fixed synthetic batch (so the loss must fall) with SGD
 nesterov, weight decay 1e-5). Ours runs exactly what tools/train_net.py runs: the model from
 pycls.core.builders and the EN-B3 config, construct_optimizer, Amp, the memory format of
 pycls.core.device, the loss of build_loss_fun on smoothed one-hot labels and trainer.train_step.
-The peers run a plain eager step (torch.autocast, GradScaler for fp16, cross-entropy).
+The peers run a plain eager step (torch.autocast, GradScaler for fp16, cross-entropy). Our eval
+runs, as the test epoch does, on a copy with BN folded into the convs (net.fold_bn, untimed).
 
 All the settings are timed in one process, interleaved (A, B, C, A, B, C, ...) over a few
 rounds, so a busy machine slows every setting alike; the table gives the median and the best
@@ -128,11 +129,17 @@ class Setting:
         self.mem_mb = {"train": float("nan"), "eval": float("nan")}
         self.loss_first = self.loss_last = float("nan")
         self.last_loss_tensor = None
+        self.prepare_eval, self.fold_s = None, float("nan")
 
     @property
     def label(self):
         """Returns the row label."""
         return self.name if self.name != "pycls" else "pycls[{}]".format(self.variant)
+
+    def prepare(self, phase):
+        """Untimed work before a phase's steps (our eval: fold BN into a copy)."""
+        if phase == "eval" and self.prepare_eval:
+            self.fold_s = self.prepare_eval()
 
     def run(self, phase):
         """Runs one step of a phase; returns the loss tensor (train) or the logits (eval)."""
@@ -206,11 +213,22 @@ def build_ours(args, device, fmt, variant, inputs, labels):
         labels_one_hot = net.smooth_one_hot_labels(labels)
         return trainer.train_step(step_model, loss_fun, optimizer, amp, inputs, labels_one_hot)[1]
 
+    folded = []
+
+    def fold():
+        # As the trainer's test epoch: a BN-folded copy of the model as trained so far, made
+        # once per test epoch, so untimed here
+        start = time.perf_counter()
+        folded[:] = [net.fold_bn(model)]
+        return time.perf_counter() - start
+
     def eval_fn():
         with torch.inference_mode(), amp.autocast():
-            return step_model(inputs)
+            return folded[0](inputs)
 
-    return Setting("pycls", fmt, variant, model, train_fn, eval_fn, notes)
+    setting = Setting("pycls", fmt, variant, model, train_fn, eval_fn, notes)
+    setting.prepare_eval = fold
+    return setting
 
 
 def build_peer_model(name):
@@ -303,6 +321,7 @@ def warm_up(setting, args, device):
     """Runs the untimed steps; times the first one (compile and autotuning land there)."""
     for phase in args.phases:
         devices.reset_peak_memory(device)
+        setting.prepare(phase)
         seconds, _, out = timed(functools.partial(setting.run, phase), 1, device)
         setting.first_s[phase] = seconds
         if phase == "train":
@@ -318,6 +337,7 @@ def run_rounds(settings, args, device):
         for setting in settings:
             for phase in args.phases:
                 devices.reset_peak_memory(device)
+                setting.prepare(phase)
                 run = functools.partial(setting.run, phase)
                 seconds, cpu_seconds, out = timed(run, args.steps, device)
                 setting.ips[phase].append(args.batch * args.steps / seconds)
@@ -362,6 +382,7 @@ def memory_child_main(args, device):
     mem = {}
     for phase in ("eval", "train"):
         if phase in args.phases:
+            setting.prepare(phase)
             timed(functools.partial(setting.run, phase), 2, device)
             mem[phase] = peak_rss_mb()
     print("memory_mb: " + json.dumps(mem))
@@ -483,7 +504,8 @@ def print_table(settings, args, device):
     )
     print(textwrap.fill(notes.format(mem_kind), 100))
     for s in settings:
-        print("  {} {}: {}".format(s.label, s.fmt, s.notes))
+        fold = "" if s.fold_s != s.fold_s else "; eval on a BN-folded copy ({:.2f}s to fold)"
+        print("  {} {}: {}{}".format(s.label, s.fmt, s.notes, fold.format(s.fold_s)))
     print("  our default memory format here (MODEL.MEMORY_FORMAT auto): " + args.auto_format)
     print("  " + args.amp_note)
 
