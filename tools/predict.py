@@ -216,6 +216,7 @@ def setup_model(args, opts):
     import pycls.core.checkpoint as cp
     import pycls.core.config as config
     import pycls.core.device as devices
+    import pycls.core.net as net
     from pycls.core.config import cfg
 
     config.load_cfg(args.cfg, list(opts) + (["DEVICE", args.device] if args.device else []))
@@ -225,7 +226,7 @@ def setup_model(args, opts):
     model = builders.build_model()
     cp.load_weights(weights, model)
     device = devices.setup(cfg.DEVICE)
-    return model.to(device).eval(), device, weights
+    return net.fold_bn(model.to(device)), device, weights
 
 
 def main(argv=None):

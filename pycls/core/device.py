@@ -156,3 +156,9 @@ def memory_format(device):
     if choice == "auto":
         choice = "contiguous" if device_type(device) == "npu" else "channels_last"
     return torch.channels_last if choice == "channels_last" else torch.contiguous_format
+
+
+def cpu_has_native_bf16():
+    """Tells whether the CPU computes bfloat16 natively (AVX512-BF16 or AMX); elsewhere bf16 is
+    emulated and slower than float32 (mkldnn's own bf16 check answers True even then)."""
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()

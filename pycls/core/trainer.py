@@ -178,7 +178,7 @@ def average_buffers(model):
 @torch.no_grad()
 def test_epoch(loader, model, amp, meter, cur_epoch, device):
     """Evaluates the model on the test set; returns the top-1 error."""
-    model.eval()
+    model = net.fold_bn(model)  # an eval copy with BN folded into the convs: faster
     fmt = devices.memory_format(device)
     meter.reset()
     meter.iter_tic()
@@ -307,6 +307,7 @@ def time_model(rank_id=None, device_id=None):
     loss_fun = builders.build_loss_fun().to(device)
     amp = Amp(device)
     model, _ = amp.prepare(model, None)
+    logger.info("Mixed precision: {}".format(amp.describe()))
     train_loader, test_loader = data_loader.construct_loaders(device)
     setup_out_dir()
     benchmark.compute_time_full(model, loss_fun, train_loader, test_loader, device, amp)
