@@ -5,7 +5,7 @@ MASTER_ADDR, MASTER_PORT) or from the seed's launchers (--rank_id N --device_id 
 process count in RANK_SIZE). A world of one process makes no process group. The backend
 follows the device: gloo (cpu), nccl (cuda), hccl (npu).
 
-Starting ranks is pycls.core.launch's job. A rank started by torchrun stops when torchrun
+Starting ranks is pycls.launch.ranks's job. A rank started by torchrun stops when torchrun
 itself dies (kill -9), so a rerun never meets orphaned ranks still training into the same
 OUT_DIR.
 """
@@ -75,7 +75,7 @@ def init(device_name="auto", rank_id=None, device_id=None):
         os.environ.setdefault("MASTER_PORT", _MASTER_PORT)
         backend = dev.dist_backend(device)
         # Bounds the rendezvous and every collective: a stalled peer ends in an error
-        # (converted to one line by errors.run_cli) instead of a wait without end
+        # (converted to one line by run_cli) instead of a wait without end
         timeout = datetime.timedelta(seconds=cfg.DIST.TIMEOUT)
         store = _restart_store(world_size, timeout)
         kwargs = {"rank": rank, "world_size": world_size, "timeout": timeout}
