@@ -122,10 +122,10 @@ def slurm_launcher(changes, slurm=True):
 
 
 def wrapped_torchrun(*args, nproc=2):
-    """Returns a command builder of `python -m pycls.core.launch` (torchrun, one line)."""
+    """Returns a command builder of `python -m pycls.launch.ranks` (torchrun, one line)."""
 
     def build(ws):
-        argv = [sys.executable, "-m", "pycls.core.launch", "--nproc_per_node={}".format(nproc)]
+        argv = [sys.executable, "-m", "pycls.launch.ranks", "--nproc_per_node={}".format(nproc)]
         argv += ["--master_addr=127.0.0.1", "--master_port={}".format(free_port())]
         train_argv, _ = train(*args, "NUM_GPUS", str(nproc))(ws)
         return argv + train_argv[1:], None
@@ -812,9 +812,9 @@ ROWS = [
     ),
     row(
         "launch_node_rank_too_big",
-        "`python -m pycls.core.launch --nnodes=2 --node_rank=5`",
+        "`python -m pycls.launch.ranks --nnodes=2 --node_rank=5`",
         lambda ws: (
-            [sys.executable, "-m", "pycls.core.launch", "--nproc_per_node=1", "--nnodes=2"]
+            [sys.executable, "-m", "pycls.launch.ranks", "--nproc_per_node=1", "--nnodes=2"]
             + ["--node_rank=5", "--master_port={}".format(free_port())]
             + train("NUM_GPUS", "2")(ws)[0][1:],
             None,
@@ -852,9 +852,9 @@ ROWS = [
     ),
     row(
         "launch_port_in_use",
-        "`python -m pycls.core.launch --master_port=P` with P in use",
+        "`python -m pycls.launch.ranks --master_port=P` with P in use",
         lambda ws: (
-            [sys.executable, "-m", "pycls.core.launch", "--nproc_per_node=2"]
+            [sys.executable, "-m", "pycls.launch.ranks", "--nproc_per_node=2"]
             + ["--master_port={}".format(busy_port())]
             + train("NUM_GPUS", "2")(ws)[0][1:],
             None,
@@ -870,9 +870,9 @@ ROWS = [
     ),
     row(
         "num_gpus_not_torchrun_world_size",
-        "torchrun (`pycls.core.launch`) with 2 processes and `NUM_GPUS 3`",
+        "torchrun (`pycls.launch.ranks`) with 2 processes and `NUM_GPUS 3`",
         lambda ws: (
-            [sys.executable, "-m", "pycls.core.launch", "--nproc_per_node=2"]
+            [sys.executable, "-m", "pycls.launch.ranks", "--nproc_per_node=2"]
             + ["--master_port={}".format(free_port())]
             + train("NUM_GPUS", "3")(ws)[0][1:],
             None,
@@ -920,6 +920,53 @@ ROWS = [
         slurm_launcher({"NNODES": "2", "NODE_RANK": "2"}, slurm=False),
         r"error: NODE_RANK='2' is not 0\.\.1; set NODE_RANK to this node's rank, 0\.\.1 "
         r"\(NNODES=2, NNODES set\)",
+    ),
+    # -------------- launcher environment values, checked before torchrun starts -------------- #
+    row(
+        "launcher_rank_size_zero",
+        "`RANK_SIZE=0 bash test/train_full_8p.sh ...`",
+        slurm_launcher({"RANK_SIZE": "0"}, slurm=False),
+        r"error: RANK_SIZE='0' is not an integer >= 1; set RANK_SIZE to the number of processes "
+        r"\(devices\) per node",
+    ),
+    row(
+        "launcher_device_id_not_integer",
+        "`ASCEND_DEVICE_ID=first bash test/train_full_1p.sh ...`",
+        launcher(
+            "train_full_1p.sh",
+            lambda ws: "--data_path=" + ws["data"],
+            "--device=cpu",
+            env={"ASCEND_DEVICE_ID": "first"},
+        ),
+        r"error: ASCEND_DEVICE_ID='first' is not an integer >= 0; set it to a device index "
+        r"\(0, 1, \.\.\.\) or unset it",
+    ),
+    row(
+        "launcher_master_port_not_integer",
+        "`MASTER_PORT=auto RANK_SIZE=2 bash test/train_full_8p.sh ...`",
+        slurm_launcher({"MASTER_PORT": "auto", "RANK_SIZE": "2"}, slurm=False),
+        r"error: MASTER_PORT='auto' is not 1\.\.65535; set MASTER_PORT to a free TCP port, e\.g\. "
+        r"MASTER_PORT=29500",
+    ),
+    row(
+        "launcher_master_addr_unresolvable",
+        "`MASTER_ADDR=no-such-host.invalid RANK_SIZE=2 bash test/train_full_8p.sh ...`",
+        slurm_launcher({"MASTER_ADDR": "no-such-host.invalid", "RANK_SIZE": "2"}, slurm=False),
+        r"error: MASTER_ADDR='no-such-host\.invalid' does not resolve \(.+\); set MASTER_ADDR to "
+        r"node 0's host name or IP address \(127\.0\.0\.1 on one machine\)",
+    ),
+    row(
+        "launcher_master_addr_silent",
+        "`MASTER_ADDR=192.0.2.1` (nobody answers there) `RANK_SIZE=2 RDZV_TIMEOUT=3 "
+        "bash test/train_full_8p.sh ...`",
+        slurm_launcher(
+            {"MASTER_ADDR": "192.0.2.1", "RANK_SIZE": "2", "RDZV_TIMEOUT": "3"}, slurm=False
+        ),
+        r"error: could not reach MASTER_ADDR at 192\.0\.2\.1:\d+ within 3 s \(.*\); set "
+        r"MASTER_ADDR to this machine's address \(127\.0\.0\.1 for one machine\) or raise "
+        r"RDZV_TIMEOUT",
+        stream="output",
+        slow=True,
     ),
 ]
 

@@ -56,7 +56,8 @@ import sys
 import time
 
 sys.path.insert(0, os.environ["PYCLS_REPO"])
-from pycls.core.errors import PyclsError, run_cli
+from pycls.core.errors import PyclsError
+from pycls.launch.cli import run_cli
 
 
 def main():
@@ -118,7 +119,9 @@ def main():
 
     trainer.train_epoch, trainer.train_step, torch.save = hooked_epoch, hooked_step, hooked_save
     trainer.cp.save_checkpoint = hooked_checkpoint
-    trainer.run_job(trainer.train_model, sys.argv[1:], "train_net.py with test hooks")
+    from pycls.launch import ranks
+
+    ranks.run_job(trainer.train_model, sys.argv[1:], "train_net.py with test hooks")
 
 
 if __name__ == "__main__":
@@ -173,7 +176,7 @@ def train(out_dir, data, script=TRAIN_NET, env=None, **changes):
     return subprocess.run(cmd, env=env or env_for(), capture_output=True, text=True)
 
 
-def torchrun_cmd(script, out_dir, data, restarts=0, module="pycls.core.launch", **changes):
+def torchrun_cmd(script, out_dir, data, restarts=0, module="pycls.launch.ranks", **changes):
     """Returns the command of a 2-process gloo run through torchrun (or pycls's wrapper)."""
     cmd = [sys.executable, "-m", module, "--nproc_per_node=2", "--max-restarts={}".format(restarts)]
     cmd += ["--master_addr=127.0.0.1", "--master_port={}".format(free_port()), script]
@@ -407,7 +410,7 @@ def test_crashed_rank_restarts_the_job_from_the_checkpoint(
     assert_same_ranks(uninterrupted_2p[0], out_dir)
 
 
-@pytest.mark.parametrize("module", ["pycls.core.launch", "torch.distributed.run"])
+@pytest.mark.parametrize("module", ["pycls.launch.ranks", "torch.distributed.run"])
 def test_failed_rank_ends_the_job_with_its_error(data, hooked, module, tmp_path):
     marker = str(tmp_path / "hook")
     hook_env = env_for(PYCLS_TEST_HOOK="raise:1:3:1", PYCLS_TEST_MARKER=marker)
@@ -415,7 +418,7 @@ def test_failed_rank_ends_the_job_with_its_error(data, hooked, module, tmp_path)
     result = subprocess.run(cmd, env=hook_env, capture_output=True, text=True)
     assert result.returncode != 0
     assert "error: injected failure on rank 1" in result.stderr.splitlines()
-    if module == "pycls.core.launch":  # one last line naming the rank and its error
+    if module == "pycls.launch.ranks":  # one last line naming the rank and its error
         assert result.returncode == 2 and "Traceback" not in result.stderr
         assert re.fullmatch(
             r"error: rank 1 \(pid \d+\) failed: injected failure on rank 1; the job stopped",

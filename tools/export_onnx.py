@@ -29,8 +29,9 @@ import sys
 import warnings
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from pycls.core.errors import PyclsError, run_cli  # noqa: E402
+from pycls.core.errors import PyclsError  # noqa: E402
 from pycls.core.io import write_atomic  # noqa: E402
+from pycls.launch.cli import run_cli  # noqa: E402
 
 # Names of the graph's input and output
 INPUT_NAME, OUTPUT_NAME = "input", "logits"

@@ -310,27 +310,3 @@ def time_model(rank_id=None, device_id=None):
     setup_out_dir()
     benchmark.compute_time_full(model, loss_fun, train_loader, test_loader, device, amp)
     dist.cleanup()
-
-
-def run_job(job, argv, description, script=None):
-    """Loads cfg from CLI arguments and runs a job (train_model, test_model or time_model).
-
-    As in pycls, NUM_GPUS is the process count: a CLI (script) started alone with NUM_GPUS > 1
-    starts that many local ranks through torchrun; a launched one checks it has that many."""
-    args = config.load_cfg_from_args(argv, description)
-    launched = "WORLD_SIZE" in os.environ or args.rank_id is not None
-    if launched:
-        world_size = dist.process_info(args.rank_id, args.device_id)[1]
-        if cfg.NUM_GPUS != world_size:
-            msg = "NUM_GPUS is {} but this job was started with {} processes; pass NUM_GPUS {} "
-            msg += "(NUM_GPUS is the process count, as in pycls)"
-            raise PyclsError(msg.format(cfg.NUM_GPUS, world_size, world_size))
-    elif cfg.NUM_GPUS > 1:
-        if script is None:
-            msg = "NUM_GPUS {} needs torchrun here: pass NUM_GPUS 1"
-            raise PyclsError(msg.format(cfg.NUM_GPUS))
-        from pycls.core import launch
-
-        launch.launch_local(cfg.NUM_GPUS, os.path.abspath(script), argv)
-        return
-    job(rank_id=args.rank_id, device_id=args.device_id)
