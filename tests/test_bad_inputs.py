@@ -22,6 +22,7 @@ import tempfile
 import pytest
 import torch
 from _data_utils import make_image_folder, write_bad_file, write_huge_header_image
+from _zygote import Zygote, runs_here
 from conftest import LAUNCH_VARS, REPO, TINY_EN_OPTS, free_port, last_line
 
 import pycls.core.builders as builders
@@ -1106,12 +1107,15 @@ class Workspace(dict):
         self.root = root
         self.count = 0
         self.holder = None  # a process holding an OUT_DIR lock
+        self.zygote = None  # where the rows' Python tools fork from
 
     def close(self):
-        """Ends the lock-holding process (it exits when its stdin closes)."""
+        """Ends the lock-holding process (it exits when its stdin closes) and the zygote."""
         if self.holder is not None:
             self.holder.stdin.close()
             self.holder.wait()
+        if self.zygote is not None:
+            self.zygote.close()
 
     def path(self, name):
         """Returns a path in the workspace."""
@@ -1185,6 +1189,7 @@ def make_workspace(root):
         os.path.join(ws["corrupt_out"], "checkpoints", "model_epoch_0001.pyth"),
     )
     _round_two(ws, classes, counts, good)
+    ws.zygote = Zygote(row_env())
     return ws
 
 
@@ -1254,23 +1259,36 @@ def _round_two(ws, classes, counts, good):
             write_huge_header_image(path, 60000, 60000)
 
 
-def run_row(r, ws):
-    """Runs a row's command; returns (exit code, the checked text, the whole output)."""
-    argv, extra_env = r.cmd(ws)
+def row_env(extra_env=None):
+    """Returns the environment of a row's command: no launcher variables, one thread, the repo
+    importable, then the row's own variables."""
     env = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARS}
     env.update(OMP_NUM_THREADS="1", PYTHONPATH=REPO)
     env.update(extra_env or {})
+    return env
+
+
+def run_row(r, ws):
+    """Runs a row's command; returns (exit code, the checked text, the whole output). Python
+    tools run in a fork of ws.zygote (the same script as __main__, without the imports' 3 s),
+    other commands (bash launchers, wrappers) as a subprocess."""
+    argv, extra_env = r.cmd(ws)
+    env = row_env(extra_env)
     merged = r.stream == "output"
-    result = subprocess.run(
-        argv,
-        env=env,
-        cwd=ws.root,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT if merged else subprocess.PIPE,
-        text=True,
-    )
-    checked = result.stdout if merged else result.stderr
-    return result.returncode, checked, result.stdout + (result.stderr or "")
+    if ws.zygote is not None and runs_here(argv):
+        code, stdout, stderr = ws.zygote.run(argv, env, ws.root, merged)
+    else:
+        result = subprocess.run(
+            argv,
+            env=env,
+            cwd=ws.root,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT if merged else subprocess.PIPE,
+            text=True,
+        )
+        code, stdout, stderr = result.returncode, result.stdout, result.stderr
+    checked = stdout if merged else stderr
+    return code, checked, stdout + (stderr or "")
 
 
 @pytest.fixture(scope="module")
