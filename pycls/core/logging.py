@@ -9,7 +9,6 @@ import sys
 
 import simplejson
 
-import pycls.core.distributed as dist
 from pycls.core.config import cfg
 from pycls.core.errors import PyclsError
 
@@ -22,6 +21,9 @@ _TAG, _TYPE = "json_stats: ", "_type"
 
 def setup_logging():
     """Sets up logging: INFO from the main process (LOG_DEST), warnings only from the others."""
+    # Imported here: log readers (final_result.py, plot_log.py) run without torch
+    import pycls.core.distributed as dist
+
     if dist.is_main_proc():
         level, fmt = logging.INFO, _FORMAT
         if cfg.LOG_DEST == "stdout":
