@@ -4,7 +4,8 @@ Every model trains on one fixed synthetic batch (so the loss must fall) with SGD
 nesterov, weight decay 1e-5). Ours runs exactly what tools/train_net.py runs: the model from
 pycls.core.builders and the EN-B3 config, construct_optimizer, Amp, the memory format of
 pycls.core.device, the loss of build_loss_fun on smoothed one-hot labels and trainer.train_step.
-The peers run a plain eager step (torch.autocast, GradScaler for fp16, cross-entropy).
+The peers run a plain eager step (torch.autocast, GradScaler for fp16, cross-entropy). Our eval
+runs, as the test epoch does, on a copy with BN folded into the convs (net.fold_bn, untimed).
 
 All the settings are timed in one process, interleaved (A, B, C, A, B, C, ...) over a few
 rounds, so a busy machine slows every setting alike; the table gives the median and the best
@@ -13,7 +14,11 @@ a fresh child process per setting (a process peak RSS cannot be reset in-process
 
     python benchmarks/train_throughput.py [--models pycls,torchvision,timm]
         [--formats channels_last,contiguous] [--variants default,foreach,no-inplace,...]
-        [--batch 16] [--im-size 224] [--amp off|bf16|fp16] [--compile] [--device auto]
+        [--batch 16] [--im-size 224] [--amp auto|off|bf16|fp16] [--compile] [--device auto]
+
+--amp auto (the default) makes the trainer's choice for every model: bf16 on a CPU with native
+bf16, float32 on one without (emulated bf16 is slower), fp16 on accelerators. The variants O2
+and O0 run ours with the config's O2 (AMP.DTYPE auto) or in float32, whatever --amp says.
 
 timm is optional (pip install timm); it is skipped with a note when it does not import. No
 weights are downloaded. Numbers only; nothing about time is asserted.
@@ -47,7 +52,7 @@ DEFAULT_CFG = os.path.join(REPO_DIR, "configs/dds_baselines/effnet/EN-B3_dds_8gp
 NUM_CLASSES = 1000
 MODELS = ("pycls", "torchvision", "timm")
 FORMATS = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}
-AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+AMP_DTYPES = {"auto": None, "off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 # Variants of our step (each a row of its own): what changes against the project's defaults
 VARIANTS = {
@@ -56,6 +61,9 @@ VARIANTS = {
     "foreach": {"foreach": True, "fused": False},
     "no-inplace": {"MODEL.ACTIVATION_INPLACE": False},
     "compile": {"MODEL.COMPILE": True},
+    # The config's own O2 (the seed's perf configs) and float32, whatever --amp says
+    "O2": {"AMP.OPT_LEVEL": "O2", "AMP.DTYPE": "auto"},
+    "O0": {"AMP.OPT_LEVEL": "O0"},
 }
 
 
@@ -73,7 +81,12 @@ def parse_args(argv=None):
     arg("--rounds", type=int, default=5, help="interleaved rounds")
     arg("--warmup", type=int, default=2, help="untimed steps per setting first (>= 1)")
     arg("--device", default="auto", help="auto, cpu, gpu (cuda) or npu")
-    arg("--amp", choices=AMP_DTYPES, default="off", help="mixed precision dtype")
+    arg(
+        "--amp",
+        choices=AMP_DTYPES,
+        default="auto",
+        help="mixed precision dtype (auto: as the trainer)",
+    )
     arg("--compile", action="store_true", help="wrap every model in torch.compile")
     arg("--lr", type=float, default=0.01, help="SGD learning rate of every model")
     arg("--phases", default="train,eval", help="comma list of train, eval")
@@ -116,11 +129,17 @@ class Setting:
         self.mem_mb = {"train": float("nan"), "eval": float("nan")}
         self.loss_first = self.loss_last = float("nan")
         self.last_loss_tensor = None
+        self.prepare_eval, self.fold_s = None, float("nan")
 
     @property
     def label(self):
         """Returns the row label."""
         return self.name if self.name != "pycls" else "pycls[{}]".format(self.variant)
+
+    def prepare(self, phase):
+        """Untimed work before a phase's steps (our eval: fold BN into a copy)."""
+        if phase == "eval" and self.prepare_eval:
+            self.fold_s = self.prepare_eval()
 
     def run(self, phase):
         """Runs one step of a phase; returns the loss tensor (train) or the logits (eval)."""
@@ -137,6 +156,15 @@ def _amp_opts(amp):
     if amp == "off":
         return {"AMP.OPT_LEVEL": "O0"}
     return {"AMP.OPT_LEVEL": "O1", "AMP.DTYPE": "bfloat16" if amp == "bf16" else "float16"}
+
+
+def resolve_amp(args, device):
+    """Returns the --amp choice auto stands for: what the trainer's Amp picks for O1 with
+    AMP.DTYPE auto on this device (off on a CPU without native bf16), and its log line."""
+    config.load_cfg(args.cfg, ["AMP.OPT_LEVEL", "O1", "AMP.DTYPE", "auto"])
+    amp = Amp(device)
+    names = {torch.float32: "off", torch.bfloat16: "bf16", torch.float16: "fp16"}
+    return names[amp.dtype], amp.describe()
 
 
 def _rebuild_optimizer(optimizer, impl):
@@ -185,11 +213,22 @@ def build_ours(args, device, fmt, variant, inputs, labels):
         labels_one_hot = net.smooth_one_hot_labels(labels)
         return trainer.train_step(step_model, loss_fun, optimizer, amp, inputs, labels_one_hot)[1]
 
+    folded = []
+
+    def fold():
+        # As the trainer's test epoch: a BN-folded copy of the model as trained so far, made
+        # once per test epoch, so untimed here
+        start = time.perf_counter()
+        folded[:] = [net.fold_bn(model)]
+        return time.perf_counter() - start
+
     def eval_fn():
         with torch.inference_mode(), amp.autocast():
-            return step_model(inputs)
+            return folded[0](inputs)
 
-    return Setting("pycls", fmt, variant, model, train_fn, eval_fn, notes)
+    setting = Setting("pycls", fmt, variant, model, train_fn, eval_fn, notes)
+    setting.prepare_eval = fold
+    return setting
 
 
 def build_peer_model(name):
@@ -282,6 +321,7 @@ def warm_up(setting, args, device):
     """Runs the untimed steps; times the first one (compile and autotuning land there)."""
     for phase in args.phases:
         devices.reset_peak_memory(device)
+        setting.prepare(phase)
         seconds, _, out = timed(functools.partial(setting.run, phase), 1, device)
         setting.first_s[phase] = seconds
         if phase == "train":
@@ -297,6 +337,7 @@ def run_rounds(settings, args, device):
         for setting in settings:
             for phase in args.phases:
                 devices.reset_peak_memory(device)
+                setting.prepare(phase)
                 run = functools.partial(setting.run, phase)
                 seconds, cpu_seconds, out = timed(run, args.steps, device)
                 setting.ips[phase].append(args.batch * args.steps / seconds)
@@ -341,6 +382,7 @@ def memory_child_main(args, device):
     mem = {}
     for phase in ("eval", "train"):
         if phase in args.phases:
+            setting.prepare(phase)
             timed(functools.partial(setting.run, phase), 2, device)
             mem[phase] = peak_rss_mb()
     print("memory_mb: " + json.dumps(mem))
@@ -462,8 +504,10 @@ def print_table(settings, args, device):
     )
     print(textwrap.fill(notes.format(mem_kind), 100))
     for s in settings:
-        print("  {} {}: {}".format(s.label, s.fmt, s.notes))
+        fold = "" if s.fold_s != s.fold_s else "; eval on a BN-folded copy ({:.2f}s to fold)"
+        print("  {} {}: {}{}".format(s.label, s.fmt, s.notes, fold.format(s.fold_s)))
     print("  our default memory format here (MODEL.MEMORY_FORMAT auto): " + args.auto_format)
+    print("  " + args.amp_note)
 
 
 def check_losses(settings):
@@ -482,6 +526,10 @@ def main(argv=None):
     device = devices.setup(args.device)
     auto = devices.memory_format(device) == torch.channels_last
     args.auto_format = "channels_last" if auto else "contiguous"
+    args.amp_note = "--amp " + args.amp
+    if args.amp == "auto":
+        args.amp, why = resolve_amp(args, device)
+        args.amp_note = "--amp auto is {} here ({})".format(args.amp, why)
     if args.memory_child:
         return memory_child_main(args, device)
     settings = build_settings(args, device)

@@ -138,12 +138,12 @@ launch() {
         [ "${extra[i]}" = OUT_DIR ] && out_dir=${extra[i + 1]}
     done
     export PYTHONPATH="$REPO_DIR${PYTHONPATH:+:$PYTHONPATH}"
-    # The node facts, all checked in one place (pycls/core/slurm.py): NNODES and NODE_RANK (1
+    # The node facts, all checked in one place (pycls/launch/slurm.py): NNODES and NODE_RANK (1
     # and 0 unless set) and, for the 8p launchers in a SLURM job, what the user has not set of
     # NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT and the processes per node (nproc)
     local node_env slurm_flag=()
     [[ $case_name == *_8p ]] || slurm_flag=(--ignore-slurm)
-    node_env=$("$py" -m pycls.core.slurm --nproc "$nproc" "${slurm_flag[@]}") || exit 2
+    node_env=$("$py" -m pycls.launch.slurm --nproc "$nproc" "${slurm_flag[@]}") || exit 2
     eval "$node_env"
     NODE_NPROC=$nproc
     # Node 0 keeps the seed's log name; other nodes (maybe on the same machine or a shared
@@ -158,7 +158,7 @@ launch() {
     local nnodes=$NNODES
     local runner=("$py")
     if [ "$nproc" -gt 1 ] || [ "$nnodes" -gt 1 ]; then
-        runner=("$py" -m pycls.core.launch --nproc_per_node="$nproc" --nnodes="$nnodes"
+        runner=("$py" -m pycls.launch.ranks --nproc_per_node="$nproc" --nnodes="$nnodes"
             --node_rank="$NODE_RANK" --master_addr="${MASTER_ADDR:-127.0.0.1}"
             --master_port="${MASTER_PORT:-29500}" --max-restarts="${MAX_RESTARTS:-0}"
             --no-python "$TEST_DIR/bind_cores.sh" "$py")

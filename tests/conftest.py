@@ -8,6 +8,7 @@ live in _data_utils.py.
 import importlib.util
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -87,6 +88,34 @@ def demo_data(tmp_path_factory):
     tool = os.path.join(REPO, "tools", "make_demo_data.py")
     subprocess.run([sys.executable, tool, str(out), "--size", "16"], check=True)
     return str(out)
+
+
+@pytest.fixture(scope="session")
+def small_data(demo_data, tmp_path_factory):
+    """The first 20 train and 6 val digits of each class of demo_data (260 images): for runs
+    that test what a run does, not what it learns (a run on them is mostly start-up)."""
+    out = tmp_path_factory.mktemp("small_digits") / "data"
+    for split, count in (("train", 20), ("val", 6)):
+        for name in sorted(os.listdir(os.path.join(demo_data, split))):
+            src, dst = os.path.join(demo_data, split, name), out / split / name
+            dst.mkdir(parents=True)
+            for image in sorted(os.listdir(src))[:count]:
+                shutil.copy(os.path.join(src, image), dst / image)
+    return str(out)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_thread_children():
+    """Gives every child process one intra-op thread (this process keeps its own, set when it
+    imported torch). Tests start several processes at once on few cores, and with a thread
+    per core each, torch's spinning threads slowed a tiny run's epoch 10-fold."""
+    before = os.environ.get("OMP_NUM_THREADS")
+    os.environ["OMP_NUM_THREADS"] = "1"
+    yield
+    if before is None:
+        del os.environ["OMP_NUM_THREADS"]
+    else:
+        os.environ["OMP_NUM_THREADS"] = before
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,7 @@
 """Tests of pycls.core.amp: opt levels, dtypes, loss scaling, skipped steps and apex choice."""
 
 import contextlib
+import os
 import sys
 import types
 
@@ -61,8 +62,14 @@ def test_o0_is_float32():
     assert "off" in amp.describe()
 
 
+def native_bf16(monkeypatch, has_it):
+    """Stubs the CPU's native bfloat16 check."""
+    monkeypatch.setattr(amp_lib.dev, "cpu_has_native_bf16", lambda: has_it)
+
+
 @pytest.mark.parametrize("level", ["O1", "O2"])
-def test_cpu_autocasts_to_bfloat16(level):
+def test_cpu_autocasts_to_bfloat16(level, monkeypatch):
+    native_bf16(monkeypatch, True)
     set_amp(level)
     amp = amp_lib.Amp(CPU)
     with amp.autocast():
@@ -72,7 +79,50 @@ def test_cpu_autocasts_to_bfloat16(level):
     assert "bfloat16" in amp.describe() and "no loss scaling" in amp.describe()
 
 
-def test_o2_describes_difference_from_apex():
+@pytest.mark.parametrize("level", ["O1", "O2"])
+def test_cpu_without_native_bf16_stays_float32(level, monkeypatch):
+    # Emulated bf16 runs EN-B3's step at about half the float32 speed
+    native_bf16(monkeypatch, False)
+    set_amp(level, "auto", "128")
+    amp = amp_lib.Amp(CPU)
+    with amp.autocast():
+        out = torch.nn.Linear(4, 4)(torch.randn(2, 4))
+    assert out.dtype == torch.float32
+    assert (amp.backend, amp.dtype, amp._scaler) == ("off", torch.float32, None)
+    text = amp.describe()
+    assert "\n" not in text and "no native bf16" in text and "AMP.DTYPE bfloat16" in text
+    assert level in text
+
+
+def test_cpu_bfloat16_can_be_forced_without_native_bf16(monkeypatch):
+    native_bf16(monkeypatch, False)
+    set_amp("O2", "bfloat16")
+    amp = amp_lib.Amp(CPU)
+    with amp.autocast():
+        out = torch.nn.Linear(4, 4)(torch.randn(2, 4))
+    assert out.dtype == torch.bfloat16 and amp.backend == "native"
+
+
+def test_accelerator_auto_is_float16_whatever_the_cpu(monkeypatch):
+    native_bf16(monkeypatch, False)
+    monkeypatch.setattr(amp_lib.dev, "has_accelerator", lambda device: True)
+    set_amp("O1")
+    assert amp_lib._dtype(CPU) == torch.float16
+
+
+def test_native_bf16_check_asks_the_cpu_not_mkldnn(monkeypatch):
+    # mkldnn says yes on CPUs that only emulate bf16, so it must not decide
+    from pycls.core import device as dev
+
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True, raising=False)
+    for avx512, amx in [(False, False), (True, False), (False, True)]:
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda v=avx512: v)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda v=amx: v)
+        assert dev.cpu_has_native_bf16() == (avx512 or amx)
+
+
+def test_o2_describes_difference_from_apex(monkeypatch):
+    native_bf16(monkeypatch, True)
     set_amp("O2")
     assert "fp32 weights" in amp_lib.Amp(CPU).describe()
 
@@ -272,3 +322,19 @@ def test_native_choice_on_npu(monkeypatch):
     assert "autocast npu float16" in amp.describe()
     set_amp("O1", dtype="bfloat16")
     assert amp_lib.Amp(torch.device("npu:0"))._scaler is None
+
+
+@pytest.mark.parametrize("has_it,expected", [(True, "bf16"), (False, "off")])
+def test_benchmark_amp_auto_makes_the_trainers_choice(has_it, expected, monkeypatch):
+    import importlib.util
+
+    from conftest import REPO
+
+    path = os.path.join(REPO, "benchmarks", "train_throughput.py")
+    spec = importlib.util.spec_from_file_location("train_throughput", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    native_bf16(monkeypatch, has_it)
+    args = bench.parse_args(["--amp", "auto"])
+    choice, why = bench.resolve_amp(args, CPU)
+    assert choice == expected and ("no native bf16" in why) == (not has_it)

@@ -95,22 +95,36 @@ def test_bad_overrides_name_the_key(opts, words):
         (["AMP.OPT_LEVEL", "O3"], "AMP.OPT_LEVEL"),
         (["AMP.LOSS_SCALE", "big"], "AMP.LOSS_SCALE"),
         (["TRAIN.BATCH_SIZE", "0"], "TRAIN.BATCH_SIZE"),
-        (["OPTIM.LR_POLICY", "steps", "OPTIM.STEPS", "[5, 10]"], "OPTIM.STEPS"),
         (["DATA_LOADER.NUM_WORKERS", "-1"], "DATA_LOADER.NUM_WORKERS"),
         (["INPUT.CHANNEL_ORDER", "BGR"], "INPUT.CHANNEL_ORDER"),
         (["BN.NUM_SAMPLES_PRECISE", "0"], "BN.NUM_SAMPLES_PRECISE"),
         (["RNG_SEED", "-1"], "RNG_SEED"),
         (["RNG_SEED", str(2**31)], "RNG_SEED"),
-        (["OPTIM.LR_POLICY", "linear"], "OPTIM.LR_POLICY"),
-        (["OPTIM.OPTIMIZER", "lamb"], "OPTIM.OPTIMIZER"),
-        (["MODEL.ACTIVATION_FUN", "gelu"], "MODEL.ACTIVATION_FUN"),
-        (["MODEL.LOSS_FUN", "focal"], "MODEL.LOSS_FUN"),
     ],
 )
 def test_bad_values_name_the_key(opts, key):
     config.merge_from_list(opts)
     with pytest.raises(PyclsError, match=key.replace(".", r"\.")):
         config.assert_cfg()
+
+
+@pytest.mark.parametrize(
+    "opts,key",
+    [
+        (["OPTIM.LR_POLICY", "steps", "OPTIM.STEPS", "[5, 10]"], "OPTIM.STEPS"),
+        (["OPTIM.LR_POLICY", "linear"], "OPTIM.LR_POLICY"),
+        (["OPTIM.OPTIMIZER", "lamb"], "OPTIM.OPTIMIZER"),
+        (["MODEL.ACTIVATION_FUN", "gelu"], "MODEL.ACTIVATION_FUN"),
+        (["MODEL.LOSS_FUN", "focal"], "MODEL.LOSS_FUN"),
+        (["MODEL.TYPE", "vit"], "MODEL.TYPE"),
+    ],
+)
+def test_registry_names_are_checked_by_their_registries(opts, key):
+    import pycls.core.builders as builders
+
+    config.load_cfg(EN_B3, opts)  # the config's own checks pass
+    with pytest.raises(PyclsError, match=key.replace(".", r"\.")):
+        builders.check_cfg_names()
 
 
 def test_unknown_key_in_file(tmp_path):
@@ -175,15 +189,16 @@ _BOMB = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
 @pytest.mark.parametrize(
     "data, words",
     [
-        (_BOMB.encode(), r"expands \(through YAML aliases\) past 1 MiB"),
-        (b"OUT_DIR: &a [*a]\n", r"holds a YAML alias to itself at OUT_DIR"),
+        (_BOMB.encode(), r"uses a YAML anchor or alias \(line 1\); write the values out"),
+        (b"OUT_DIR: [x, &a [*a]]\n", r"uses a YAML anchor or alias \(line 1\)"),
+        (b"OPTIM:\n  BASE_LR: *a\n", r"uses a YAML anchor or alias \(line 2\)"),
         (b"# " + b"x" * (2 * 1024**2), r"is larger than 1 MiB"),
         (b"MODEL:\n  TYPE: effn\xe9t\n", r"is not UTF-8 text \(byte 0xe9 at offset 19\)"),
         (
             b"OPTIM:\n  BASE_LR: 0.1\nOPTIM:\n  MAX_EPOCH: 3\n",
             r"sets OPTIM twice \(lines 1 and 3\)",
         ),
-        (b"OPTIM:\n  BASE_LR: 0.1\n  BASE_LR: 0.2\n", r"sets OPTIM\.BASE_LR twice"),
+        (b"OPTIM:\n  BASE_LR: 0.1\n  BASE_LR: 0.2\n", r"sets BASE_LR twice \(lines 2 and 3\)"),
         (b"OUT_DIR: " + b"[" * 100000 + b"]" * 100000, r"is nested too deeply"),
         (b"OUT_DIR: " + b"y" * 100000 + b"\n", r"value of 100000 characters \(y{57}\.\.\.\)"),
     ],
@@ -199,7 +214,7 @@ def test_hostile_overrides_are_refused_in_one_short_line():
     levels = ["&a0 [{}]".format(", ".join(["x"] * 10))]
     levels += ["&a{} [{}]".format(i, ", ".join(["*a{}".format(i - 1)] * 10)) for i in range(1, 8)]
     bomb = "[{}]".format(", ".join(levels))
-    with pytest.raises(PyclsError, match=r"the command line expands .* past 1 MiB"):
+    with pytest.raises(PyclsError, match=r"OPTIM\.STEPS in the command line takes a list"):
         config.merge_from_list(["OPTIM.STEPS", bomb])
     with pytest.raises(PyclsError, match=r"value of 100000 characters \(z{57}\.\.\.\); "):
         config.merge_from_list(["OUT_DIR", "z" * 100000])
@@ -232,11 +247,13 @@ def test_a_registered_loss_passes_the_checks_and_trains():
             return 0.5 * net.SoftCrossEntropyLoss()(x, y)
 
     opts = ["MODEL.LOSS_FUN", "half_ce", "MODEL.NUM_CLASSES", "3", "DEVICE", "cpu"]
+    config.load_cfg(EN_B3, opts)
     with pytest.raises(PyclsError, match="MODEL.LOSS_FUN 'half_ce' is not a known loss"):
-        config.load_cfg(EN_B3, opts)
+        builders.check_cfg_names()
     builders.register_loss_fun("half_ce", HalfLoss)
     try:
         config.load_cfg(EN_B3, opts + ["AMP.OPT_LEVEL", "O0"])
+        builders.check_cfg_names()
         loss_fun = builders.build_loss_fun()
         model = torch.nn.Linear(4, 3)
         optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -249,3 +266,93 @@ def test_a_registered_loss_passes_the_checks_and_trains():
         assert not torch.equal(model.weight.detach(), before)
     finally:
         builders._loss_funs.pop("half_ce")
+
+
+# ------------------------- round three: values that make no sense ------------------------- #
+
+
+@pytest.mark.parametrize(
+    "opts,words",
+    [
+        (["OPTIM.BASE_LR", ".nan"], r"OPTIM\.BASE_LR is nan; it must be a finite number"),
+        (["OPTIM.MOMENTUM", "1e999"], r"OPTIM\.MOMENTUM is inf; it must be a finite number"),
+        (["TRAIN.LABEL_SMOOTHING", "1"], r"LABEL_SMOOTHING is 1\.0; it must be in \[0, 1\)"),
+        (["EN.DROPOUT_RATIO", "-0.1"], r"EN\.DROPOUT_RATIO is -0\.1; it must be in \[0, 1\)"),
+        (
+            ["DATA_LOADER.MAX_BAD_FRACTION", "1.5"],
+            r"MAX_BAD_FRACTION is 1\.5; it must be in \[0, 1\]",
+        ),
+        (["TRAIN.MIXUP_ALPHA", "-1"], r"TRAIN\.MIXUP_ALPHA is -1\.0; it must be 0 or more"),
+        (["TRAIN.HFLIP", "2"], r"TRAIN\.HFLIP is 2\.0; it must be in \[0, 1\]"),
+        (["EN.SE_R", "0"], r"EN\.SE_R is 0\.0; it must be in \(0, 1\]"),
+        (["EN.KERNELS", "[3, 0]"], r"EN\.KERNELS is \[3, 0\]; every entry must be above 0"),
+        (["EN.DEPTHS", "[1, x]"], r"EN\.DEPTHS is \[1, 'x'\]; every entry must be a finite number"),
+        (["AMP.LOSS_SCALE", "inf"], r"AMP\.LOSS_SCALE is 'inf'; give a number above 0 or dynamic"),
+        (["TRAIN.CROP_SCALE", "[0.9, 0.1]"], r"TRAIN\.CROP_SCALE must be \[low, high\]"),
+    ],
+)
+def test_numbers_that_make_no_sense_are_refused(opts, words):
+    config.merge_from_list(opts)
+    with pytest.raises(PyclsError, match=words):
+        config.assert_cfg()
+
+
+def test_every_number_key_has_a_range_and_defaults_pass():
+    config.reset_cfg()
+    config.assert_cfg()  # the defaults make sense
+    listed = " ".join(config._RANGES.values()).split()
+    assert len(listed) == len(set(listed)) and set(listed) <= set(config._all_keys(cfg))
+
+
+@pytest.mark.parametrize(
+    "opts,words",
+    [
+        (["OPTIM.BASE_LR.X", "1"], r"unknown config key OPTIM\.BASE_LR\.X in the command line: "),
+        (["OPTIM.BASE_LR", "None"], r"OPTIM\.BASE_LR in the command line takes a float"),
+        (["OPTIM.BASE_LR", "~"], r"takes a float \(like 0\.1\), not None"),
+        (["MODEL.COMPILE", "1"], r"MODEL\.COMPILE in the command line takes a bool"),
+    ],
+)
+def test_overrides_of_the_wrong_shape_are_refused(opts, words):
+    with pytest.raises(PyclsError, match=words):
+        config.merge_from_list(opts)
+
+
+@pytest.mark.parametrize(
+    "text,words",
+    [
+        ("- OPTIM\n- BASE_LR\n", r"holds \['OPTIM', 'BASE_LR'\], not a mapping of config keys"),
+        ("just text\n", r"holds just text, not a mapping of config keys"),
+        ("OPTIM:\n  BASE_LR:\n    X: 1\n", r"unknown config key OPTIM\.BASE_LR\.X in "),
+        ("OPTIM:\n", r"config key OPTIM in .* is a section; give its keys"),
+        ("OUT_DIR: 2024-01-01\n", r"OUT_DIR in .* takes a str \('/tmp'\)|takes a str"),
+        ("OPTIM:\n  BASE_LR: 1\n  MAX_EPOCH: 1e1\n", None),
+    ],
+)
+def test_files_of_the_wrong_shape_are_refused(tmp_path, text, words):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    if words is None:  # ints widen to floats, 1e1 (text to YAML) is named as typed
+        with pytest.raises(
+            PyclsError, match=r"MAX_EPOCH in .* takes a int \(like 200\), not '1e1'"
+        ):
+            config.merge_from_file(str(path))
+        assert cfg.OPTIM.BASE_LR == 1.0 and isinstance(cfg.OPTIM.BASE_LR, float)
+        return
+    with pytest.raises(PyclsError, match=words):
+        config.merge_from_file(str(path))
+
+
+def test_out_dir_that_is_a_file_is_refused(tmp_path):
+    path = tmp_path / "a_file"
+    path.write_text("x")
+    config.merge_from_list(["OUT_DIR", str(path)])
+    with pytest.raises(PyclsError, match=r"OUT_DIR .* is a file; set OUT_DIR to a folder"):
+        config.assert_cfg()
+
+
+def test_str_keys_keep_their_text_and_dumps_have_no_anchors(tmp_path):
+    config.merge_from_list(["OUT_DIR", str(tmp_path), "DESC", "[1, 2]", "TEST.WEIGHTS", "None"])
+    assert (cfg.DESC, cfg.TEST.WEIGHTS) == ("[1, 2]", "None")
+    with open(config.dump_cfg()) as f:
+        assert "&" not in f.read()

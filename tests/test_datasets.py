@@ -4,6 +4,7 @@ import logging
 import os
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -18,9 +19,10 @@ from _data_utils import (
 from conftest import REPO, load_tool
 from PIL import Image
 
+from pycls.core.config import cfg
 from pycls.core.errors import PyclsError
-from pycls.datasets import transforms
-from pycls.datasets.imagenet import ImageNet, check_same_classes, decode_image, load_image
+from pycls.datasets import loader, transforms
+from pycls.datasets.imagenet import ImageNet, decode_image, list_classes, load_image
 from pycls.datasets.synthetic import Synthetic
 
 
@@ -82,9 +84,9 @@ def test_split_without_classes_or_images(tmp_path):
 def test_mismatched_classes_named(tmp_path):
     make_image_folder(tmp_path, ["a", "b", "c"], {"train": 1})
     make_image_folder(tmp_path, ["a", "b", "d"], {"val": 1})
-    check_same_classes(str(tmp_path), "train", "train")
+    assert list_classes(str(tmp_path), "train", "train") == {"train": ["a", "b", "c"]}
     with pytest.raises(PyclsError) as e:
-        check_same_classes(str(tmp_path), "train", "val")
+        list_classes(str(tmp_path), "val", "train")
     assert "only in train: c" in str(e.value) and "only in val: d" in str(e.value)
     assert "\n" not in str(e.value)
 
@@ -276,3 +278,85 @@ def test_pixel_limit_also_covers_pils_warning_band(tmp_path, monkeypatch):
         path = save_image(str(tmp_path / name), size=(40, 30))  # 1200 pixels: PIL only warns
         with pytest.raises(ValueError, match=r"1200 pixels\) exceeds the limit of 1000"):
             load_image(path)
+
+
+# ------------------------- round three: odd but valid images ------------------------- #
+
+
+def _odd_images(root):
+    """Writes root/{train,val}/<class>/ with each odd but valid kind of image; returns the
+    (upright) size each file must load as, by name (bytes: some names are not UTF-8)."""
+    rng = np.random.default_rng(0)
+    rgb = Image.fromarray(rng.integers(0, 256, (10, 12, 3), dtype=np.uint8), "RGB")
+    grey16 = Image.fromarray(rng.integers(0, 65536, (10, 12)).astype(np.uint16))
+    rotated = Image.Exif()
+    rotated[0x0112] = 6  # EXIF orientation: rotate 90 degrees to show upright
+    files = {
+        b"modes": [
+            (b"cmyk.jpg", rgb.convert("CMYK"), {}),
+            (b"grey.jpg", rgb.convert("L"), {}),
+            (b"grey16.png", grey16, {}),
+            (b"palette.png", rgb.convert("P"), {}),
+            (b"palette alpha.png", rgb.convert("P"), {"transparency": 0}),
+            (b"grey alpha.png", rgb.convert("LA"), {}),
+            (b"rgba.png", rgb.convert("RGBA"), {}),
+            (b"exif.jpg", rgb, {"exif": rotated}),
+            (b"exif.png", rgb, {"exif": rotated}),
+            (b"UPPER.JPG", rgb, {}),
+            (b"UPPER.PNG", rgb, {}),
+            (b"x.webp", rgb, {}),
+            (b"alpha.WEBP", rgb.convert("RGBA"), {}),
+        ],
+        b"with spaces": [(b"a file name.jpg", rgb, {})],
+        "caf\u00e9 \u65e5\u672c".encode(): [("\u00fcber \u00e9.png".encode(), rgb, {})],
+        b"latin1 \xe9\xff": [(b"n\xe9\xff.jpg", rgb, {})],  # not UTF-8 (os.fsencode names)
+    }
+    sizes = {}
+    for split in (b"train", b"val"):
+        for cls, images in files.items():
+            os.makedirs(os.path.join(os.fsencode(str(root)), split, cls))
+            for name, im, kwargs in images:
+                path = os.path.join(os.fsencode(str(root)), split, cls, name)
+                ext = os.path.splitext(name)[1].lower()
+                fmt = {b".jpg": "JPEG", b".png": "PNG", b".webp": "WEBP"}[ext]
+                im.save(path, format=fmt, **kwargs)
+                sizes[name] = (12, 10) if b"exif" in name else (10, 12)
+    return sizes
+
+
+def test_odd_but_valid_images_train_without_warnings(tmp_path, caplog):
+    sizes = _odd_images(tmp_path)
+    pipelines = [
+        transforms.train_transform(8, "RandAugment", 0.1),
+        transforms.test_transform(10, 8),
+    ]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no warning of any kind, from PIL, torchvision or us
+        ds = ImageNet(str(tmp_path), "train", _identity)
+        assert len(ds) == len(sizes) == 16 and len(ds.classes) == 4
+        for i in range(len(ds)):
+            im, label = ds[i]
+            name = os.fsencode(os.path.basename(ds.path(i)))
+            assert im.dtype == torch.uint8 and tuple(im.shape) == (3,) + sizes[name], name
+            for pipeline in pipelines:
+                out = pipeline(im)
+                assert out.shape == (3, 8, 8) and torch.isfinite(out).all()
+        cfg.TRAIN.DATASET = cfg.TEST.DATASET = "imagenet"
+        cfg.DATA_LOADER.DATA_PATH, cfg.DATA_LOADER.NUM_WORKERS = str(tmp_path), 0
+        cfg.TRAIN.IM_SIZE, cfg.TEST.IM_SIZE, cfg.MODEL.NUM_CLASSES = 8, 10, 4
+        cfg.TRAIN.BATCH_SIZE = cfg.TEST.BATCH_SIZE = 4
+        for data_loader in loader.construct_loaders(device="cpu"):
+            batches = [x for x, _ in data_loader]
+            assert sum(len(x) for x in batches) == 16 and loader.bad_file_count(data_loader) == 0
+            assert all(x.shape[1:] == (3, 8, 8) for x in batches)
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_odd_images_come_out_in_the_right_channel_order(tmp_path):
+    red = Image.new("RGB", (6, 4), (255, 0, 0))
+    for name, im in [("p.png", red.convert("P")), ("c.jpg", red.convert("CMYK"))]:
+        im.save(str(tmp_path / name))
+        loaded = load_image(str(tmp_path / name)).float()
+        assert loaded[0].mean() > 200 and loaded[2].mean() < 60, name  # RGB, red first
+        bgr = transforms.test_transform(4, 4, "bgr")(loaded.to(torch.uint8))
+        assert bgr[2].mean() > 1.5 and bgr[0].mean() < -1.0  # the network sees red last

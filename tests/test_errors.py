@@ -1,4 +1,4 @@
-"""Tests of pycls.core.errors: the one error line of a failed CLI and what torchrun records."""
+"""Tests of pycls.launch.cli: the one error line of a failed CLI and what torchrun records."""
 
 import json
 import signal
@@ -9,7 +9,8 @@ import types
 import pytest
 from conftest import child_env
 
-from pycls.core import errors
+from pycls.core.errors import PyclsError
+from pycls.launch import cli
 
 
 @pytest.fixture(autouse=True)
@@ -31,14 +32,14 @@ def test_lost_peer_is_one_line_and_recorded_for_torchrun(tmp_path, monkeypatch, 
         raise RuntimeError(text)
 
     with pytest.raises(SystemExit) as exit_info:
-        errors.run_cli(lost)
+        cli.run_cli(lost)
     assert exit_info.value.code == 1
     line = "error: rank 3 lost contact with another process of the job (Read error [::1]:5: "
     line += "Connection reset by peer); the job's first failure says why"
     assert capsys.readouterr().err == line + "\n"
     assert json.loads(error_file.read_text())["message"] == line
     with pytest.raises(RuntimeError, match="a bug"):  # other errors keep their traceback
-        errors.run_cli(lambda: (_ for _ in ()).throw(RuntimeError("a bug")))
+        cli.run_cli(lambda: (_ for _ in ()).throw(RuntimeError("a bug")))
 
 
 def test_an_error_line_is_one_write(monkeypatch):
@@ -49,7 +50,7 @@ def test_an_error_line_is_one_write(monkeypatch):
     monkeypatch.setattr(sys, "stderr", fake)
     monkeypatch.delenv("TORCHELASTIC_ERROR_FILE", raising=False)
     with pytest.raises(SystemExit):
-        errors.run_cli(lambda: (_ for _ in ()).throw(errors.PyclsError("bad batch")))
+        cli.run_cli(lambda: (_ for _ in ()).throw(PyclsError("bad batch")))
     assert writes == ["error: bad batch\n"]
 
 
@@ -58,6 +59,7 @@ def test_an_error_line_is_one_write(monkeypatch):
 LATE_SIGNAL_CLI = """
 import atexit, os, signal, time
 from pycls.core import errors
+from pycls.launch.cli import run_cli
 
 def late_stop():
     os.kill(os.getpid(), signal.SIGTERM)
@@ -67,7 +69,7 @@ def main():
     atexit.register(late_stop)
     raise errors.PyclsError("bad batch")
 
-errors.run_cli(main)
+run_cli(main)
 """
 
 

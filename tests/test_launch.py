@@ -1,4 +1,4 @@
-"""pycls.core.launch and the launchers' runner: stops, ports, NUM_GPUS, the Ascend env script."""
+"""pycls.launch.ranks and the launchers' runner: stops, ports, NUM_GPUS, the Ascend env script."""
 
 import os
 import re
@@ -14,7 +14,7 @@ import pytest
 import torch
 from conftest import LAUNCH_VARS, REPO, json_stats
 
-from pycls.core import errors, launch
+from pycls.launch import cli, ranks
 
 TEST_DIR = os.path.join(REPO, "test")
 # A launcher output id of our own, removed afterwards (the launchers write test/output/<id>/)
@@ -94,7 +94,7 @@ def clean_output():
 def test_stopping_a_launcher_stops_its_whole_job(
     demo_data, tiny_cfg, tmp_path, script, rank_size, sig
 ):
-    marker, port = uuid.uuid4().hex, launch.free_port()
+    marker, port = uuid.uuid4().hex, ranks.free_port()
     case = "{}_{}".format(script, sig.name)
     if script == "train_net":
         cmd = [sys.executable, os.path.join(REPO, "tools", "train_net.py"), "--cfg", tiny_cfg]
@@ -168,7 +168,7 @@ def launch_device_is_cpu():
 
 
 def test_stop_line_names_the_epoch_a_rerun_starts_at(tmp_path):
-    line = launch.stop_line(signal.SIGTERM, "train_net", str(tmp_path))
+    line = cli.stop_line(signal.SIGTERM, "train_net", str(tmp_path))
     assert line == "stopped by SIGTERM; rerun the same command to resume from epoch 1"
     (tmp_path / "checkpoints").mkdir()
     for name in [
@@ -177,21 +177,10 @@ def test_stop_line_names_the_epoch_a_rerun_starts_at(tmp_path):
         ".tmp_model_epoch_0009.pyth",
     ]:
         (tmp_path / "checkpoints" / name).write_bytes(b"x")
-    assert launch.resume_epoch(str(tmp_path)) == 4
-    line = launch.stop_line(signal.SIGINT, "test_net", str(tmp_path))
+    line = cli.stop_line(signal.SIGTERM, "train_net", str(tmp_path))
+    assert line == "stopped by SIGTERM; rerun the same command to resume from epoch 4"
+    line = cli.stop_line(signal.SIGINT, "test_net", str(tmp_path))
     assert line == "stopped by SIGINT; rerun the same command to run it again"
-
-
-def test_port_check_names_the_port_in_use():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        sock.listen()
-        port = sock.getsockname()[1]
-        with pytest.raises(
-            launch.PyclsError, match="MASTER_PORT {} .* already in use".format(port)
-        ):
-            launch.check_port_free("127.0.0.1", port)
-    launch.check_port_free("127.0.0.1", launch.free_port())
 
 
 def test_env_npu_sources_cann_with_nounset_off_and_restores_it(tmp_path):
@@ -218,7 +207,7 @@ def test_env_npu_sources_cann_with_nounset_off_and_restores_it(tmp_path):
 
 STOPPED_CLI = """
 import os, signal, sys, time
-from pycls.core.errors import run_cli
+from pycls.launch.cli import run_cli
 
 def main():
     from pycls.core.config import cfg
@@ -268,7 +257,7 @@ def test_the_launcher_blames_the_rank_that_failed_first():
         fake.message = message
         return fake
 
-    lost = "error: rank 0 {} (reset); the job's first failure says why".format(errors.LOST_PEER)
+    lost = "error: rank 0 {} (reset); the job's first failure says why".format(cli.LOST_PEER)
     cases = [
         ({0: failure(-signal.SIGTERM), 1: failure(2, "error: bad batch", 11)}, 1),
         ({0: failure(1, lost, 9), 1: failure(1)}, 1),
@@ -276,5 +265,5 @@ def test_the_launcher_blames_the_rank_that_failed_first():
         ({0: failure(2, "error: a", 12), 1: failure(2, "error: b", 11)}, 1),
     ]
     for failures, blamed in cases:
-        assert launch._root_cause(failures)[0] == blamed
-    assert launch._recorded_error(failure(2, "error: bad batch")) == "bad batch"
+        assert ranks._root_cause(failures)[0] == blamed
+    assert ranks._recorded_error(failure(2, "error: bad batch")) == "bad batch"

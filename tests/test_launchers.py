@@ -40,9 +40,9 @@ def final_result(stdout):
 
 
 @pytest.fixture(scope="module")
-def run_8p(demo_data, tiny_cfg):
+def run_8p(small_data, tiny_cfg):
     """The 8p launcher with RANK_SIZE=2: two gloo processes for one epoch."""
-    args = ["--data_path=" + demo_data, "--device=cpu", "--cfg=" + tiny_cfg, "OPTIM.MAX_EPOCH", 1]
+    args = ["--data_path=" + small_data, "--device=cpu", "--cfg=" + tiny_cfg, "OPTIM.MAX_EPOCH", 1]
     return launch("train_full_8p", *args, rank_size=2)
 
 
@@ -61,11 +61,11 @@ def test_8p_launcher_runs_two_processes_to_the_end(run_8p):
 
 
 @pytest.mark.slow
-def test_eval_launcher_evaluates_the_checkpoint(run_8p, demo_data, tiny_cfg):
+def test_eval_launcher_evaluates_the_checkpoint(run_8p, small_data, tiny_cfg):
     out_dir = os.path.join(TEST_DIR, "output", OUTPUT_ID, "train_full_8p", "tiny_en")
     weights = os.path.join(out_dir, "checkpoints", "model_epoch_0001.pyth")
     args = [
-        "--data_path=" + demo_data,
+        "--data_path=" + small_data,
         "--device=cpu",
         "--cfg=" + tiny_cfg,
         "--pth_path=" + weights,
@@ -77,9 +77,9 @@ def test_eval_launcher_evaluates_the_checkpoint(run_8p, demo_data, tiny_cfg):
 
 
 @pytest.mark.slow
-def test_1p_launcher_from_test_dir_with_spaces_in_paths(demo_data, tiny_cfg, tmp_path):
+def test_1p_launcher_from_test_dir_with_spaces_in_paths(small_data, tiny_cfg, tmp_path):
     data = tmp_path / "my data $(touch pwned)"
-    shutil.copytree(demo_data, data)
+    shutil.copytree(small_data, data)
     args = ["--data_path=" + str(data), "--device=cpu", "--cfg=" + tiny_cfg, "OPTIM.MAX_EPOCH", 1]
     res = launch("train_full_1p", *args, cwd=TEST_DIR)
     assert res.returncode == 0, res.stdout[-1500:] + res.stderr[-1500:]
@@ -154,9 +154,9 @@ def test_quickstart_at_reduced_size():
     assert os.path.isdir(os.path.join(REPO, "output", "demo_data", "val"))
 
 
-def launcher_run(demo_data, tiny_cfg, out_dir, *extra, script="train_full_1p", data=None):
+def launcher_run(small_data, tiny_cfg, out_dir, *extra, script="train_full_1p", data=None):
     """Runs a launcher on the tiny model into out_dir (a KEY VALUE override)."""
-    args = ["--data_path=" + (data or demo_data), "--device=cpu", "--cfg=" + tiny_cfg]
+    args = ["--data_path=" + (data or small_data), "--device=cpu", "--cfg=" + tiny_cfg]
     return launch(script, *args, "OUT_DIR", out_dir, *extra, output_id=RERUN_ID)
 
 
@@ -176,9 +176,9 @@ def files_state(folder):
 
 
 @pytest.mark.slow
-def test_rerun_of_a_finished_launcher_run(demo_data, tiny_cfg, tmp_path):
+def test_rerun_of_a_finished_launcher_run(small_data, tiny_cfg, tmp_path):
     out_dir = str(tmp_path / "run")
-    first = launcher_run(demo_data, tiny_cfg, out_dir, "OPTIM.MAX_EPOCH", 1)
+    first = launcher_run(small_data, tiny_cfg, out_dir, "OPTIM.MAX_EPOCH", 1)
     assert first.returncode == 0, first.stdout[-1500:] + first.stderr[-1500:]
     first_result = final_result(first.stdout)
     # The ModelZoo summary: key = value lines, and one train loss per epoch
@@ -191,7 +191,7 @@ def test_rerun_of_a_finished_launcher_run(demo_data, tiny_cfg, tmp_path):
     assert losses == ["%.4f" % json_stats(first.stdout, "train_epoch")[0]["loss"]]
     before = files_state(out_dir)
     # Rerun: success, the same block, nothing in OUT_DIR rewritten, the first log kept
-    again = launcher_run(demo_data, tiny_cfg, out_dir, "OPTIM.MAX_EPOCH", 1)
+    again = launcher_run(small_data, tiny_cfg, out_dir, "OPTIM.MAX_EPOCH", 1)
     assert again.returncode == 0, again.stdout[-1500:] + again.stderr[-1500:]
     assert "are done, nothing to train" in again.stdout
     assert final_result(again.stdout) == first_result
@@ -199,13 +199,13 @@ def test_rerun_of_a_finished_launcher_run(demo_data, tiny_cfg, tmp_path):
     with open(out_path("train_full_1p.log.1")) as f:
         assert json_stats(f.read(), "train_epoch")  # the first run's log, kept
     # A rerun with a wrong data path stops on the data before reading a checkpoint
-    bad = launcher_run(demo_data, tiny_cfg, out_dir, data=str(tmp_path / "nowhere"))
+    bad = launcher_run(small_data, tiny_cfg, out_dir, data=str(tmp_path / "nowhere"))
     assert bad.returncode == 2
     assert bad.stdout.strip().splitlines()[-1].startswith("error: data path ")
     assert "Resumed from" not in bad.stdout and files_state(out_dir) == before
     assert os.path.isfile(out_path("train_full_1p.log.2"))
     # The eval launcher takes the run's checkpoints folder as --pth_path
-    args = ["--data_path=" + demo_data, "--device=cpu", "--cfg=" + tiny_cfg]
+    args = ["--data_path=" + small_data, "--device=cpu", "--cfg=" + tiny_cfg]
     args += ["--pth_path=" + os.path.join(out_dir, "checkpoints")]
     eval_dir = str(tmp_path / "eval")
     res = launch("train_eval_8p", *args, "OUT_DIR", eval_dir, rank_size=1, output_id=RERUN_ID)
@@ -216,13 +216,13 @@ def test_rerun_of_a_finished_launcher_run(demo_data, tiny_cfg, tmp_path):
 
 
 @pytest.mark.slow
-def test_two_launcher_jobs_at_once_keep_their_own_logs(demo_data, tiny_cfg, tmp_path):
+def test_two_launcher_jobs_at_once_keep_their_own_logs(small_data, tiny_cfg, tmp_path):
     # Two jobs of one case at once: each log holds one run, each block reads its own stats
     script = os.path.join(TEST_DIR, "train_full_1p.sh")
     env = dict(os.environ, ASCEND_DEVICE_ID=OUTPUT_ID + "2")
     jobs = []
     for epochs in (1, 2):
-        args = ["--data_path=" + demo_data, "--device=cpu", "--cfg=" + tiny_cfg]
+        args = ["--data_path=" + small_data, "--device=cpu", "--cfg=" + tiny_cfg]
         args += ["OUT_DIR", str(tmp_path / str(epochs)), "OPTIM.MAX_EPOCH", str(epochs)]
         cmd = ["bash", script] + args
         jobs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True))

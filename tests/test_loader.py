@@ -299,10 +299,11 @@ def test_rank_and_world_size_come_from_torch_distributed(data, tmp_path):
     init = "file://" + str(tmp_path / "store")
     torch_dist.init_process_group("gloo", init_method=init, rank=0, world_size=1)
     try:
-        assert loader._rank_and_world_size(None, None) == (0, 1)
-        assert loader._rank_and_world_size(3, 4) == (3, 4)
         dl = loader.construct_train_loader()
         assert dl.batch_size == 4 and dl.sampler.__class__.__name__ == "RandomSampler"
+        assert dl.rank == 0
+        dl = loader.construct_train_loader(rank=1, world_size=2)  # given: these win
+        assert (dl.rank, dl.sampler.rank, dl.sampler.num_replicas) == (1, 1, 2)
     finally:
         torch_dist.destroy_process_group()
 
@@ -411,9 +412,18 @@ def test_workers_end_when_their_rank_is_killed(data):
     proc.kill()  # SIGKILL: no clean-up runs in the rank
     proc.wait()
     deadline = time.time() + 60  # a bound on "ever", not a speed figure
-    while any(loader._is_alive(p) for p in pids) and time.time() < deadline:
+    while any(_is_alive(p) for p in pids) and time.time() < deadline:
         time.sleep(0.2)
-    assert not any(loader._is_alive(p) for p in pids)
+    assert not any(_is_alive(p) for p in pids)
+
+
+def _is_alive(pid):
+    """Tells whether a process exists (a zombie, ended but not yet reaped, counts as gone)."""
+    try:
+        with open("/proc/{}/stat".format(pid)) as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
 
 
 @pytest.mark.parametrize("workers", [0, 2])
@@ -434,3 +444,17 @@ def test_an_epochs_batches_do_not_depend_on_the_epochs_before(fresh_cfg, data_3_
     for (x0, y0), (x1, y1) in zip(straight, resumed):
         assert torch.equal(y0, y1) and torch.equal(x0, x1)
     assert not torch.equal(last_epoch([1])[0][0], straight[0][0])
+
+
+def test_augmentations_do_not_depend_on_the_worker_count(fresh_cfg, data_3_classes):
+    cfg.TRAIN.DATASET, cfg.DATA_LOADER.DATA_PATH = "imagenet", data_3_classes
+    cfg.MODEL.NUM_CLASSES, cfg.TRAIN.IM_SIZE, cfg.TRAIN.BATCH_SIZE = 3, 8, 4
+    cfg.TRAIN.AUGMENT = "RandAugment"
+    runs = []
+    for workers in (0, 2):
+        cfg.DATA_LOADER.NUM_WORKERS = workers
+        train_loader = loader.construct_train_loader()
+        loader.shuffle(train_loader, 1)
+        runs.append(_batches(train_loader))
+    for (x0, y0), (x1, y1) in zip(*runs):
+        assert torch.equal(y0, y1) and torch.equal(x0, x1)

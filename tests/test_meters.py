@@ -116,7 +116,7 @@ def test_train_epoch_stats_are_batch_weighted_and_fps_skips_warmup(clock, monkey
     # eta: average iteration time times the 54 iterations left
     assert stats["eta"] == meters.time_string(14.0 / 6 * 54)
     monkeypatch.setattr(dist, "get_world_size", lambda: 8)
-    assert meter.speed.fps() == pytest.approx(8 * 12 / 4.0)
+    assert meter.fps() == pytest.approx(8 * 12 / 4.0)
 
 
 def test_fps_of_an_epoch_shorter_than_warmup_uses_all_iterations(clock):

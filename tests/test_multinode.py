@@ -206,7 +206,7 @@ def test_a_crashed_rank_on_node_1_restarts_across_nodes(data, one_node, tmp_path
     pairs = [x for kv in dict(TINY, OUT_DIR=str(out_dir), NUM_GPUS="2").items() for x in kv]
     procs = []
     for rank in (0, 1):
-        cmd = [sys.executable, "-m", "pycls.core.launch", "--nproc_per_node=1", "--nnodes=2"]
+        cmd = [sys.executable, "-m", "pycls.launch.ranks", "--nproc_per_node=1", "--nnodes=2"]
         cmd += ["--node_rank={}".format(rank), "--master_addr=127.0.0.1"]
         cmd += ["--master_port=" + port, "--max-restarts=1", str(hooked), "--cfg", CFG]
         cmd += ["--data_path", data, "--device", "cpu"] + pairs

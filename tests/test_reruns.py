@@ -55,19 +55,19 @@ def snapshot(out_dir):
 
 
 @pytest.fixture(scope="module")
-def finished(demo_data, tiny_cfg, tmp_path_factory):
+def finished(small_data, tiny_cfg, tmp_path_factory):
     """A finished 1-epoch run: (OUT_DIR, its log text)."""
     out_dir = tmp_path_factory.mktemp("finished")
-    args = ["--cfg", tiny_cfg, "--data_path", demo_data, "OUT_DIR", out_dir, "OPTIM.MAX_EPOCH", 1]
+    args = ["--cfg", tiny_cfg, "--data_path", small_data, "OUT_DIR", out_dir, "OPTIM.MAX_EPOCH", 1]
     res = run_tool("train_net", *args)
     assert res.returncode == 0, res.stderr[-2000:]
     return out_dir, res.stdout + res.stderr
 
 
-def test_rerun_of_a_finished_run_changes_nothing(finished, demo_data, tiny_cfg):
+def test_rerun_of_a_finished_run_changes_nothing(finished, small_data, tiny_cfg):
     out_dir, first_log = finished
     before = snapshot(out_dir)
-    args = ["--cfg", tiny_cfg, "--data_path", demo_data, "OUT_DIR", out_dir, "OPTIM.MAX_EPOCH", 1]
+    args = ["--cfg", tiny_cfg, "--data_path", small_data, "OUT_DIR", out_dir, "OPTIM.MAX_EPOCH", 1]
     res = run_tool("train_net", *args)
     assert res.returncode == 0, res.stderr[-2000:]
     log = res.stdout + res.stderr
@@ -75,7 +75,7 @@ def test_rerun_of_a_finished_run_changes_nothing(finished, demo_data, tiny_cfg):
     assert not json_stats(log, "train_epoch") and "Resumed from" not in log
     assert snapshot(out_dir) == before
     # test_net still evaluates the run, given its OUT_DIR
-    eval_args = ["--cfg", tiny_cfg, "--data_path", demo_data, "TEST.WEIGHTS", out_dir]
+    eval_args = ["--cfg", tiny_cfg, "--data_path", small_data, "TEST.WEIGHTS", out_dir]
     res = run_tool("test_net", *eval_args, "OUT_DIR", out_dir / "eval")
     assert res.returncode == 0, res.stderr[-2000:]
     log = res.stdout + res.stderr
@@ -101,11 +101,11 @@ def test_rerun_with_a_wrong_data_path_stops_before_reading_checkpoints(
 
 @pytest.mark.parametrize("key", ["TRAIN.WEIGHTS", "TRAIN.PRETRAINED"])
 def test_missing_start_weights_stop_a_run_before_out_dir_is_written(
-    demo_data, tiny_cfg, tmp_path, key
+    small_data, tiny_cfg, tmp_path, key
 ):
     out_dir = tmp_path / "out"
     weights = tmp_path / "missing.pyth"
-    args = ["--cfg", tiny_cfg, "--data_path", demo_data, "OUT_DIR", out_dir, key, weights]
+    args = ["--cfg", tiny_cfg, "--data_path", small_data, "OUT_DIR", out_dir, key, weights]
     res = run_tool("train_net", *args)
     assert res.returncode == 2
     last = res.stderr.strip().splitlines()[-1]

@@ -11,8 +11,8 @@ import sys
 import pytest
 from conftest import REPO
 
-from pycls.core import slurm
 from pycls.core.errors import PyclsError
+from pycls.launch import slurm
 
 # A two-node job's batch script (the job's variables only)
 BATCH = {
@@ -185,7 +185,17 @@ def test_procs_per_node_from_devices(devices, nproc):
         ({"NODE_RANK": "-1"}, r"NODE_RANK='-1' is not 0\.\.1; set NODE_RANK to this node's rank"),
         ({"NNODES": "2", "NODE_RANK": "2"}, r"NODE_RANK='2' is not 0\.\.1"),
         ({"RANK_SIZE": "0"}, "RANK_SIZE='0' is not an integer >= 1"),
-        ({"MASTER_PORT": "70000"}, r"MASTER_PORT='70000' is not 0\.\.65535"),
+        ({"MASTER_PORT": "70000"}, r"MASTER_PORT='70000' is not 1\.\.65535"),
+        ({"MASTER_PORT": "0"}, r"MASTER_PORT='0' is not 1\.\.65535; set MASTER_PORT to a free"),
+        ({"MASTER_PORT": "auto"}, r"MASTER_PORT='auto' is not 1\.\.65535"),
+        ({"RANK_SIZE": "two"}, "RANK_SIZE='two' is not an integer >= 1; set RANK_SIZE to the"),
+        ({"NNODES": "0"}, "NNODES='0' is not an integer >= 1"),
+        ({"ASCEND_DEVICE_ID": "first"}, "ASCEND_DEVICE_ID='first' is not an integer >= 0; set it"),
+        (
+            {"MASTER_ADDR": "no-such-host.invalid"},
+            r"MASTER_ADDR='no-such-host\.invalid' does not resolve \(.+\); set MASTER_ADDR to node "
+            r"0's host name or IP address \(127\.0\.0\.1 on one machine\)$",
+        ),
         ({"SLURM_STEP_NODELIST": "n[07-08"}, "cannot read the SLURM node list 'n\\[07-08'"),
         (
             {"SLURM_STEP_NODELIST": None, "SLURM_JOB_NODELIST": None},
@@ -203,6 +213,21 @@ def test_bad_values_name_the_variable_and_fix(changes, error):
         del env[name]
     with pytest.raises(PyclsError, match=error):
         slurm.launch_facts(env, 8)
+
+
+def test_master_addr_must_resolve_only_where_torchrun_uses_it(capsys):
+    env = {"MASTER_ADDR": "no-such-host.invalid", "RANK_SIZE": "1"}
+    assert values(slurm.launch_facts(env, 1))["MASTER_ADDR"] == "no-such-host.invalid"  # 1p
+    with pytest.raises(PyclsError, match="does not resolve"):
+        slurm.launch_facts(dict(env, RANK_SIZE="2"), 1)
+    assert values(slurm.launch_facts(dict(env, MASTER_ADDR="10.0.0.9", RANK_SIZE="2"), 1))
+    # a bad RANK_SIZE reaches --nproc too (the 8p launchers pass it): still its one line
+    assert slurm.main(["--nproc", "x"], env={"RANK_SIZE": "x"}) == 2
+    assert capsys.readouterr() == (
+        "",
+        "error: RANK_SIZE='x' is not an integer >= 1; set "
+        "RANK_SIZE to the number of processes (devices) per node\n",
+    )
 
 
 def test_a_multi_node_job_outside_srun_is_refused():
@@ -278,10 +303,10 @@ def test_cli_ignore_slurm_reads_no_slurm_variable(capsys):
 
 # --------------------------- the launchers, stopped before torchrun --------------------------- #
 
-# A stand-in Python for the launchers: runs pycls.core.slurm for real, records any other command
+# A stand-in Python for the launchers: runs pycls.launch.slurm for real, records any other command
 # line (the torchrun / train_net one and the final-result one) and succeeds without running it
 FAKE_PYTHON = """#!/bin/sh
-if [ "$1" = -m ] && [ "$2" = pycls.core.slurm ]; then exec {python} "$@"; fi
+if [ "$1" = -m ] && [ "$2" = pycls.launch.slurm ]; then exec {python} "$@"; fi
 echo "$@" >> {calls}
 """
 
@@ -322,7 +347,7 @@ def test_8p_launcher_passes_slurm_values_to_torchrun(tmp_path, launcher_output):
     result, recorded = run_launcher(tmp_path, "train_full_8p.sh", STEP)
     assert result.returncode == 0, result.stderr
     torchrun = recorded[0].split()
-    assert torchrun[:2] == ["-m", "pycls.core.launch"]
+    assert torchrun[:2] == ["-m", "pycls.launch.ranks"]
     for arg in (
         "--nproc_per_node=4",
         "--nnodes=2",
@@ -394,6 +419,6 @@ def test_sbatch_example_runs_one_launcher_per_node(tmp_path):
 
 def test_slurm_module_is_torch_free():
     # the launchers run it before every 8p job: it must start fast and work without torch
-    code = "import sys, pycls.core.slurm; print('torch' in sys.modules)"
+    code = "import sys, pycls.launch.slurm; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     assert out.stdout.strip() == "False"

@@ -12,10 +12,10 @@ RUNS = 3
 
 
 @pytest.mark.slow
-def test_two_process_train_and_eval_jobs_neither_fail_nor_hang(demo_data, tmp_path):
+def test_two_process_train_and_eval_jobs_neither_fail_nor_hang(small_data, tmp_path):
     script = os.path.join(REPO, "benchmarks", "stress_ddp.py")
     # --limit is the hard limit past which a launcher counts as hung, not a speed figure
-    args = ["--runs", RUNS, "--epochs", 1, "--limit", 900, "--data_path", demo_data]
+    args = ["--runs", RUNS, "--epochs", 1, "--limit", 900, "--data_path", small_data]
     args += ["--work", tmp_path, "--output_id", "94"]
     env = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARS}
     cmd = [sys.executable, script] + [str(a) for a in args]

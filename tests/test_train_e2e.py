@@ -49,13 +49,13 @@ def test_test_net_reproduces_the_last_test_epoch(trained, demo_data, tiny_cfg):
     assert (test["top1_err"], test["top5_err"]) == (last["top1_err"], last["top5_err"])
 
 
-def test_rerun_resumes_at_the_next_epoch(trained, demo_data, tiny_cfg, tmp_path):
+def test_rerun_resumes_at_the_next_epoch(trained, small_data, tiny_cfg, tmp_path):
     out_dir, _ = trained
     resumed = tmp_path / "resumed"
     os.makedirs(resumed / "checkpoints")
     src = os.path.join(out_dir, "checkpoints", "model_epoch_0001.pyth")
     os.link(src, resumed / "checkpoints" / "model_epoch_0001.pyth")
-    res = run_tool("train_net", "--cfg", tiny_cfg, "--data_path", demo_data, "OUT_DIR", resumed)
+    res = run_tool("train_net", "--cfg", tiny_cfg, "--data_path", small_data, "OUT_DIR", resumed)
     assert res.returncode == 0, res.stderr[-2000:]
     log = res.stdout + res.stderr
     assert "Resumed from" in log and "model_epoch_0001.pyth" in log
@@ -63,18 +63,18 @@ def test_rerun_resumes_at_the_next_epoch(trained, demo_data, tiny_cfg, tmp_path)
     assert sorted(os.listdir(resumed / "checkpoints"))[-1] == "model_epoch_0002.pyth"
 
 
-def test_time_net_reports_iteration_times(demo_data, tiny_cfg, tmp_path):
+def test_time_net_reports_iteration_times(small_data, tiny_cfg, tmp_path):
     opts = ["PREC_TIME.NUM_ITER", "2", "PREC_TIME.WARMUP_ITER", "1", "OUT_DIR", tmp_path]
-    res = run_tool("time_net", "--cfg", tiny_cfg, "--data_path", demo_data, *opts)
+    res = run_tool("time_net", "--cfg", tiny_cfg, "--data_path", small_data, *opts)
     assert res.returncode == 0, res.stderr[-2000:]
     times = json_stats(res.stdout + res.stderr, "iter_times")[0]
     assert times["train_fw_bw_time"] > 0 and times["test_fw_time"] > 0
 
 
-def test_profperf_writes_a_chrome_trace(demo_data, tiny_cfg, tmp_path):
+def test_profperf_writes_a_chrome_trace(small_data, tiny_cfg, tmp_path):
     opts = ["OPTIM.MAX_EPOCH", "1", "PROFILE.NUM_STEPS", "2", "OUT_DIR", tmp_path]
     res = run_tool(
-        "train_net", "--cfg", tiny_cfg, "--data_path", demo_data, "--profperf", "1", *opts
+        "train_net", "--cfg", tiny_cfg, "--data_path", small_data, "--profperf", "1", *opts
     )
     assert res.returncode == 0, res.stderr[-2000:]
     trace = tmp_path / "profile_rank0.json"

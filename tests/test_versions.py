@@ -8,7 +8,7 @@ import sys
 import pytest
 from conftest import REPO, child_env
 
-from pycls.core import versions
+from pycls.launch import versions
 
 # Runs a tool (argv[1], or `-m module`) with torch's or torchvision's version faked (env
 # FAKE_TORCH / FAKE_TV)

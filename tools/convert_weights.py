@@ -32,8 +32,9 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from pycls.core.errors import PyclsError, run_cli  # noqa: E402
+from pycls.core.errors import PyclsError  # noqa: E402
 from pycls.core.io import write_atomic  # noqa: E402
+from pycls.launch.cli import run_cli  # noqa: E402
 
 # Config used when --cfg is not given
 _DEFAULT_CFG = os.path.join(

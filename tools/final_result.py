@@ -23,8 +23,9 @@ import platform
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from pycls.core.errors import PyclsError, run_cli  # noqa: E402
+from pycls.core.errors import PyclsError  # noqa: E402
 from pycls.core.io import remove_quietly, temp_path, write_atomic  # noqa: E402
+from pycls.launch.cli import run_cli  # noqa: E402
 
 # The network the launchers train (the ModelZoo summary's Network)
 NETWORK = "EfficientNet-B3"

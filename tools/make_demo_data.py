@@ -16,7 +16,8 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from pycls.core.errors import PyclsError, run_cli  # noqa: E402
+from pycls.core.errors import PyclsError  # noqa: E402
+from pycls.launch.cli import run_cli  # noqa: E402
 
 # JPEG quality of the written images
 JPEG_QUALITY = 95

@@ -15,8 +15,9 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from pycls.core.errors import PyclsError, run_cli  # noqa: E402
+from pycls.core.errors import PyclsError  # noqa: E402
 from pycls.core.io import write_atomic  # noqa: E402
+from pycls.launch.cli import run_cli  # noqa: E402
 
 # Log file name in an OUT_DIR
 _LOG_NAME = "stdout.log"

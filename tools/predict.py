@@ -21,7 +21,8 @@ import re
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from pycls.core.errors import PyclsError, run_cli  # noqa: E402
+from pycls.core.errors import PyclsError  # noqa: E402
+from pycls.launch.cli import run_cli  # noqa: E402
 
 # A word that starts the config overrides (a key like TEST.IM_SIZE or DEVICE)
 _KEY_RE = re.compile(r"^[A-Z][A-Z0-9_]*(\.[A-Z][A-Z0-9_]*)*$")
@@ -215,6 +216,7 @@ def setup_model(args, opts):
     import pycls.core.checkpoint as cp
     import pycls.core.config as config
     import pycls.core.device as devices
+    import pycls.core.net as net
     from pycls.core.config import cfg
 
     config.load_cfg(args.cfg, list(opts) + (["DEVICE", args.device] if args.device else []))
@@ -224,7 +226,7 @@ def setup_model(args, opts):
     model = builders.build_model()
     cp.load_weights(weights, model)
     device = devices.setup(cfg.DEVICE)
-    return model.to(device).eval(), device, weights
+    return net.fold_bn(model.to(device)), device, weights
 
 
 def main(argv=None):

@@ -1,31 +1,18 @@
 """Mixed precision behind one small interface: apex amp when installed, else torch.amp.
 
-cfg.AMP picks the mode:
-  OPT_LEVEL   O0 trains in float32 with no autocast; O1 and O2 train in mixed precision.
-  DTYPE       auto is float16 on accelerators and bfloat16 on the cpu (fp16 is slow there).
-  LOSS_SCALE  "dynamic", or a number N: a static scale (the seed uses 128).
-  BACKEND     auto uses apex (NVIDIA's or Ascend's) when its amp.initialize imports and the
-              device is an accelerator, else native torch.amp; apex or native forces one.
+cfg.AMP: OPT_LEVEL O0 is float32 without autocast, O1 and O2 mixed precision. DTYPE auto is
+float16 on accelerators and bfloat16 on a CPU that has it natively; a CPU without it emulates
+bf16 slower than float32, so the run stays float32 (describe() says so); bfloat16 or float16
+forces a dtype. LOSS_SCALE is "dynamic" or a static N (the seed uses 128). BACKEND auto takes
+apex (NVIDIA's or Ascend's) when its amp.initialize imports on an accelerator, else torch.amp.
 
-Native backend (torch.amp):
-  O1 and O2 both run the forward pass under torch.autocast(device_type, dtype) and keep the
-  weights, gradients and optimizer state in float32. apex O2 instead casts the model to fp16
-  (BN stays fp32) and keeps fp32 master weights in the optimizer; autocast with fp32 weights
-  is numerically at least as safe, so native O2 equals native O1 and describe() says so.
-  float16 uses torch.amp.GradScaler. A dynamic scale starts at 2**16, halves on overflow and
-  doubles after 2000 clean steps. A static scale N multiplies the loss by N every step,
-  unscales the gradients by 1/N and skips the step when any gradient is inf or nan; the
-  scale never changes (update(new_scale=N) after each step). bfloat16 has the float32 range,
-  so it uses no scaler (LOSS_SCALE is then ignored).
+torch.amp: O1 and O2 both autocast the forward and keep weights, gradients and optimizer state
+in float32 (at least as safe as apex O2's fp16 model with fp32 master weights). float16 uses a
+GradScaler (dynamic from 2**16, or static N kept by update(new_scale=N)) that skips inf/nan
+steps; bfloat16 has the float32 range and needs none.
 
-Skipped steps: the overflow flag of each step is added to a device tensor (no host sync
-from us; GradScaler.step itself reads the flag for non-fused optimizers); `skipped_steps`
-reads the total only when asked, at log periods and checkpoints.
-
-apex backend: amp.initialize(model, optimizer, opt_level, loss_scale[, combine_grad=True on
-npu when the installed apex takes it]) and amp.scale_loss. apex reads the overflow flag on the
-host itself and skips the step only under a dynamic scale (its static scale steps anyway);
-`skipped_steps` counts what apex skipped. The model must be on its device before prepare().
+apex: amp.initialize (combine_grad on npu when it takes it), amp.scale_loss; apex skips
+overflowed steps only under a dynamic scale. The model must be on its device before prepare().
 """
 
 import contextlib
@@ -57,11 +44,14 @@ def apex_amp():
 
 
 def _dtype(device):
-    """Returns the low-precision dtype from AMP.DTYPE (auto: fp16 on accelerators, else bf16)."""
+    """Returns the low-precision dtype of AMP.DTYPE; auto: float16 on accelerators, bfloat16 on
+    a CPU with native bf16, else None (float32 is faster there)."""
     name = cfg.AMP.DTYPE
-    if name == "auto":
-        return torch.float16 if dev.has_accelerator(device) else torch.bfloat16
-    return getattr(torch, name)
+    if name != "auto":
+        return getattr(torch, name)
+    if dev.has_accelerator(device):
+        return torch.float16
+    return torch.bfloat16 if dev.cpu_has_native_bf16() else None
 
 
 def choose_backend(device):
@@ -70,9 +60,8 @@ def choose_backend(device):
     amp, reason = apex_amp() if wanted != "native" else (None, None)
     if wanted == "apex" and amp is None:
         raise PyclsError("AMP.BACKEND is apex but {}: {}".format(reason, _APEX_HINT))
-    if cfg.AMP.OPT_LEVEL == "O0":
+    if cfg.AMP.OPT_LEVEL == "O0" or _dtype(device) is None:
         return "off"
-    # apex amp runs float16 on cuda / npu only
     apex_fits = dev.has_accelerator(device) and _dtype(device) == torch.float16
     if wanted == "apex" and not apex_fits:
         msg = "AMP.BACKEND apex needs a cuda or npu device and float16, not {} with DTYPE {}: "
@@ -94,11 +83,9 @@ class Amp:
         self._apex = apex_amp()[0] if self.backend == "apex" else None
         self._scaler = None
         if self.backend == "native" and self.dtype == torch.float16:
-            init_scale = self.loss_scale or 2.0**16
-            self._scaler = torch.amp.GradScaler(self.device_type, init_scale=init_scale)
-        # Skipped steps: a device tensor (native, made at the first step) plus a host count
-        self._skipped = None
-        self._skipped_host = 0
+            scale = self.loss_scale or 2.0**16
+            self._scaler = torch.amp.GradScaler(self.device_type, init_scale=scale)
+        self._skipped, self._skipped_host = None, 0  # device tensor (native), host count (apex)
 
     def prepare(self, model, optimizer):
         """Returns (model, optimizer) ready for mixed precision (optimizer may be None)."""
@@ -126,7 +113,9 @@ class Amp:
         (scaler.scale(loss) if scaler else loss).backward()
         if scaler:
             scaler.unscale_(optimizer)
-            self._count_overflow(scaler._found_inf_per_device(optimizer).values())
+            for found_inf in scaler._found_inf_per_device(optimizer).values():
+                # 1.0 on inf/nan; the sum stays on the device until skipped_steps reads it
+                self._skipped = found_inf + (0 if self._skipped is None else self._skipped)
         if grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
         if scaler:
@@ -135,13 +124,6 @@ class Amp:
         else:
             optimizer.step()
 
-    def _count_overflow(self, found_infs):
-        """Adds this step's overflow flags (device tensors, 1.0 on inf/nan) to the count."""
-        for found_inf in found_infs:
-            if self._skipped is None:
-                self._skipped = torch.zeros_like(found_inf)
-            self._skipped.add_(found_inf)
-
     def _apex_step(self, loss, optimizer, grad_clip):
         """One step through apex amp (which skips overflowed steps itself)."""
         with self._apex.scale_loss(loss, optimizer) as scaled_loss:
@@ -149,10 +131,8 @@ class Amp:
         # apex has read the overflow flag on the host already; it skips only when dynamic
         state = getattr(self._apex, "_amp_state", None)
         scalers = getattr(getattr(state, "_amp_state", state), "loss_scalers", [])
-        skipped = [
-            getattr(s, "_has_overflow", False) and getattr(s, "dynamic", True) for s in scalers
-        ]
-        self._skipped_host += int(any(skipped))
+        flags = ((getattr(s, "_has_overflow", False), getattr(s, "dynamic", True)) for s in scalers)
+        self._skipped_host += int(any(overflow and dynamic for overflow, dynamic in flags))
         if grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self._apex.master_params(optimizer), grad_clip)
         optimizer.step()
@@ -160,34 +140,30 @@ class Amp:
     @property
     def skipped_steps(self):
         """Number of steps skipped for inf/nan gradients (reads the device counter)."""
-        on_device = 0 if self._skipped is None else int(self._skipped.item())
-        return on_device + self._skipped_host
+        return self._skipped_host + (0 if self._skipped is None else int(self._skipped.item()))
 
     def state_dict(self):
         """Returns the loss scaler state for a checkpoint."""
-        return {
-            "backend": self.backend,
-            "loss_scale": self.loss_scale or "dynamic",
-            "scaler": self._scaler.state_dict() if self._scaler else None,
-            "apex": self._apex.state_dict() if self._apex else None,
-            "skipped_steps": self.skipped_steps,
-        }
+        scaler = self._scaler.state_dict() if self._scaler else None
+        apex = self._apex.state_dict() if self._apex else None
+        state = {"backend": self.backend, "loss_scale": self.loss_scale or "dynamic"}
+        return dict(state, scaler=scaler, apex=apex, skipped_steps=self.skipped_steps)
 
     def load_state_dict(self, state):
         """Restores the scaler state saved by a run with the same backend and loss scale."""
-        if not state or state.get("backend") != self.backend:
+        mine = {"backend": self.backend, "loss_scale": self.loss_scale or "dynamic"}
+        if not state or any(state.get(k) != v for k, v in mine.items()):
             return
-        if state.get("loss_scale") != (self.loss_scale or "dynamic"):
-            return
-        if self._scaler and state.get("scaler"):
-            self._scaler.load_state_dict(state["scaler"])
-        if self._apex and state.get("apex"):
-            self._apex.load_state_dict(state["apex"])
-        self._skipped = None
-        self._skipped_host = int(state.get("skipped_steps", 0))
+        for key, owner in (("scaler", self._scaler), ("apex", self._apex)):
+            if owner and state.get(key):
+                owner.load_state_dict(state[key])
+        self._skipped, self._skipped_host = None, int(state.get("skipped_steps", 0))
 
     def describe(self):
         """Returns a one-line description of the mixed precision mode for the log."""
+        if self.backend == "off" and self.opt_level != "O0":
+            msg = "amp: off (float32: {} with AMP.DTYPE auto, but this CPU has no native bf16 and "
+            return msg.format(self.opt_level) + "emulates it slower; AMP.DTYPE bfloat16 forces it)"
         if self.backend == "off":
             return "amp: off (O0, float32)"
         if self.backend == "apex":

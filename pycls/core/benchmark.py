@@ -13,82 +13,65 @@ from pycls.core.timer import Timer
 logger = logging.get_logger(__name__)
 
 
-def _batch(batch_size, im_size, device):
-    """Returns a random batch of inputs and labels on the device."""
+def _batch(batch_size, device):
+    """Returns random inputs and one-hot labels of this process's share of a batch."""
+    batch_size, im_size = batch_size // dist.get_world_size(), cfg.TRAIN.IM_SIZE
     inputs = torch.rand(batch_size, 3, im_size, im_size, device=device)
     labels = torch.randint(0, cfg.MODEL.NUM_CLASSES, (batch_size,), device=device)
-    return inputs, labels
+    return inputs, net.smooth_one_hot_labels(labels)
 
 
-def _time(step, device):
-    """Returns the mean seconds of step() after PREC_TIME.WARMUP_ITER warm-up calls."""
-    timer = Timer()
-    for cur_iter in range(cfg.PREC_TIME.NUM_ITER + cfg.PREC_TIME.WARMUP_ITER):
-        if cur_iter == cfg.PREC_TIME.WARMUP_ITER:
-            timer.reset()
-        devices.synchronize(device)
-        timer.tic()
-        step()
-        devices.synchronize(device)
-        timer.toc()
-    return timer.average_time
+def _time(steps, device, max_iter=float("inf")):
+    """Returns the mean seconds of each step (run in turn per iteration) after the warm-up."""
+    warmup_iter, timers = cfg.PREC_TIME.WARMUP_ITER, [Timer() for _ in steps]
+    for cur_iter in range(min(cfg.PREC_TIME.NUM_ITER + warmup_iter, max_iter)):
+        if cur_iter == warmup_iter:
+            timers = [Timer() for _ in steps]
+        for step, timer in zip(steps, timers):
+            devices.synchronize(device)
+            timer.tic()
+            step()
+            devices.synchronize(device)
+            timer.toc()
+    return [timer.average_time for timer in timers]
 
 
 @torch.no_grad()
 def compute_time_eval(model, device, amp):
     """Returns the mean forward time of the model in eval mode."""
-    batch_size = cfg.TEST.BATCH_SIZE // dist.get_world_size()
-    inputs, _ = _batch(batch_size, cfg.TRAIN.IM_SIZE, device)
+    inputs, _ = _batch(cfg.TEST.BATCH_SIZE, device)
     model.eval()
 
-    def step():
+    def forward():
         with amp.autocast():
             model(inputs)
 
-    return _time(step, device)
+    return _time([forward], device)[0]
 
 
 def compute_time_train(model, loss_fun, device, amp):
-    """Returns the mean forward+loss and backward times of the model in train mode."""
-    batch_size = cfg.TRAIN.BATCH_SIZE // dist.get_world_size()
-    inputs, labels = _batch(batch_size, cfg.TRAIN.IM_SIZE, device)
-    labels_one_hot = net.smooth_one_hot_labels(labels)
+    """Returns the mean forward+loss and backward times in train mode (BN stats put back)."""
+    inputs, labels_one_hot = _batch(cfg.TRAIN.BATCH_SIZE, device)
     bn_state = [(m, m.state_dict()) for m in model.modules() if hasattr(m, "running_mean")]
     model.train()
-    fw_timer, bw_timer = Timer(), Timer()
-    for cur_iter in range(cfg.PREC_TIME.NUM_ITER + cfg.PREC_TIME.WARMUP_ITER):
-        if cur_iter == cfg.PREC_TIME.WARMUP_ITER:
-            fw_timer.reset()
-            bw_timer.reset()
-        devices.synchronize(device)
-        fw_timer.tic()
+    losses = []
+
+    def forward():
         with amp.autocast():
-            loss = loss_fun(model(inputs), labels_one_hot)
-        devices.synchronize(device)
-        fw_timer.toc()
-        bw_timer.tic()
-        loss.backward()
-        devices.synchronize(device)
-        bw_timer.toc()
+            losses.append(loss_fun(model(inputs), labels_one_hot))
+
+    fw_time, bw_time = _time([forward, lambda: losses.pop().backward()], device)
     model.zero_grad(set_to_none=True)
     for module, state in bn_state:
         module.load_state_dict(state)
-    return fw_timer.average_time, bw_timer.average_time
+    return fw_time, bw_time
 
 
 def compute_time_loader(loader):
     """Returns the mean time to fetch a batch from the data loader."""
     data_loader.shuffle(loader, 0)
-    timer = Timer()
-    num_iter = min(cfg.PREC_TIME.NUM_ITER + cfg.PREC_TIME.WARMUP_ITER, len(loader))
     batches = iter(loader)
-    for cur_iter in range(num_iter):
-        if cur_iter == cfg.PREC_TIME.WARMUP_ITER:
-            timer.reset()
-        timer.tic()
-        next(batches)
-        timer.toc()
-    return timer.average_time
+    return _time([lambda: next(batches)], "cpu", len(loader))[0]
 
 
 def compute_time_full(model, loss_fun, train_loader, test_loader, device, amp):

@@ -1,5 +1,7 @@
 """Model and loss construction: registries keyed by MODEL.TYPE and MODEL.LOSS_FUN."""
 
+import pycls.core.optimizer as optimizer
+import pycls.models.blocks as blocks
 from pycls.core.config import cfg
 from pycls.core.errors import PyclsError
 from pycls.core.net import SoftCrossEntropyLoss
@@ -8,10 +10,8 @@ from pycls.models.effnet import EffNet
 from pycls.models.regnet import RegNet
 from pycls.models.resnet import ResNet
 
-# Supported models
 _models = {"anynet": AnyNet, "effnet": EffNet, "resnet": ResNet, "regnet": RegNet}
 
-# Supported loss functions
 _loss_funs = {"cross_entropy": SoftCrossEntropyLoss}
 
 
@@ -29,6 +29,15 @@ def get_loss_fun():
         msg = "MODEL.LOSS_FUN {!r} is not a known loss; choose one of {}"
         raise PyclsError(msg.format(cfg.MODEL.LOSS_FUN, ", ".join(sorted(_loss_funs))))
     return _loss_funs[cfg.MODEL.LOSS_FUN]
+
+
+def check_cfg_names():
+    """Checks the registry names in cfg (model, loss, activation, optimizer, LR policy)."""
+    get_model()
+    get_loss_fun()
+    blocks.get_activation(cfg.MODEL.ACTIVATION_FUN)
+    optimizer.check_optimizer()
+    optimizer.get_lr_fun()
 
 
 def build_model():

@@ -1,9 +1,6 @@
 """Devices: the one place that knows cpu, cuda (--device gpu) and npu (Ascend, via torch_npu).
-
-Everything else takes a ``torch.device`` and calls the helpers here, which reach the
-per-device torch module generically (``torch.cuda``, ``torch.npu``) through ``device.type``.
-``torch_npu`` is optional and imported lazily, only when an npu is asked for or probed.
-"""
+Everything else takes a ``torch.device``; the helpers here reach its torch module (torch.cuda,
+torch.npu) through ``device.type``. torch_npu is imported only when an npu is asked for."""
 
 import importlib
 import os
@@ -21,49 +18,30 @@ _NAMES = {"auto": "auto", "cpu": "cpu", "gpu": "cuda", "cuda": "cuda", "npu": "n
 # Process group backend of each device type
 _DIST_BACKENDS = {"cpu": "gloo", "cuda": "nccl", "npu": "hccl"}
 
-_NPU_MISSING = (
-    "torch_npu is not installed: install the torch_npu wheel matching your torch and CANN "
-    "(see README), or use --device cpu|gpu"
-)
 _CANN_HINT = (
     "source /usr/local/Ascend/ascend-toolkit/set_env.sh (or run test/env_npu.sh) "
     "and check npu-smi info, or use --device cpu|gpu"
 )
 
 
-def _import_torch_npu():
-    """Imports torch_npu (which registers torch.npu); returns (module, error message)."""
+def _npu_error():
+    """Imports torch_npu (which registers torch.npu); returns None when an npu is usable, else
+    the reason it is not."""
     try:
-        return importlib.import_module("torch_npu"), None
+        torch_npu = importlib.import_module("torch_npu")
     except ModuleNotFoundError as e:
         if e.name == "torch_npu":
-            return None, _NPU_MISSING
-        return None, "torch_npu failed to import ({}): reinstall it or {}".format(e, _CANN_HINT)
+            msg = "torch_npu is not installed: install the torch_npu wheel matching your torch "
+            return msg + "and CANN (see README), or use --device cpu|gpu"
+        return "torch_npu failed to import ({}): reinstall it or {}".format(e, _CANN_HINT)
     except (ImportError, OSError, RuntimeError) as e:
-        return None, "torch_npu failed to import ({}): {}".format(e, _CANN_HINT)
-
-
-def _npu_error():
-    """Returns None when an npu is usable, else the reason it is not."""
-    torch_npu, error = _import_torch_npu()
-    if error:
-        return error
+        return "torch_npu failed to import ({}): {}".format(e, _CANN_HINT)
     npu = getattr(torch, "npu", None) or getattr(torch_npu, "npu", None)
     try:
         found = npu is not None and npu.is_available() and npu.device_count() > 0
     except RuntimeError:
         found = False
     return None if found else "torch_npu found no NPU device: " + _CANN_HINT
-
-
-def _cuda_error():
-    """Returns None when CUDA is usable, else the reason it is not."""
-    if torch.cuda.is_available():
-        return None
-    built = "built for CUDA {}".format(torch.version.cuda) if torch.version.cuda else "CPU-only"
-    msg = "--device gpu but CUDA is not available (torch {} is {}): install a CUDA build of "
-    msg += "torch and check nvidia-smi, or use --device cpu|npu"
-    return msg.format(torch.__version__, built)
 
 
 def resolve(name="auto"):
@@ -75,7 +53,12 @@ def resolve(name="auto"):
         if _npu_error() is None:
             return "npu"
         return "cuda" if torch.cuda.is_available() else "cpu"
-    error = {"cpu": lambda: None, "cuda": _cuda_error, "npu": _npu_error}[key]()
+    error = _npu_error() if key == "npu" else None
+    if key == "cuda" and not torch.cuda.is_available():
+        built = "built for CUDA {}".format(torch.version.cuda) if torch.version.cuda else "CPU-only"
+        msg = "--device gpu but CUDA is not available (torch {} is {}): install a CUDA build of "
+        msg += "torch and check nvidia-smi, or use --device cpu|npu"
+        error = msg.format(torch.__version__, built)
     if error:
         raise PyclsError(error)
     return key
@@ -83,6 +66,7 @@ def resolve(name="auto"):
 
 def _module(device):
     """Returns the torch module of an accelerator device (torch.cuda, torch.npu)."""
+    # Not torch.get_device_module: it caches the module, and tests swap torch.npu per test
     return getattr(torch, device_type(device))
 
 
@@ -100,37 +84,22 @@ def has_accelerator(device):
     return device_type(device) != "cpu"
 
 
-def accelerator_available():
-    """Tells whether this process sees a cuda or npu device (npu only where torch_npu is
-    already loaded: unlike resolve, this probe never imports it)."""
+def pin_memory(device=None):
+    """Tells whether a loader pins its batches: DATA_LOADER.PIN_MEMORY, and the batches go to
+    an accelerator (device None: any this process sees), where pinning pays."""
+    if not cfg.DATA_LOADER.PIN_MEMORY:
+        return False
+    if device is not None:
+        return has_accelerator(device)
+    # An npu counts only where torch_npu is loaded already: unlike resolve, this never imports it
     npu = getattr(torch, "npu", None)
     return torch.cuda.is_available() or bool(npu is not None and npu.is_available())
 
 
-def pin_memory(device=None):
-    """Tells whether a loader pins its batches: DATA_LOADER.PIN_MEMORY, and the batches go to
-    an accelerator (device None: any accelerator this process sees), where pinning pays."""
-    if not cfg.DATA_LOADER.PIN_MEMORY:
-        return False
-    return accelerator_available() if device is None else has_accelerator(device)
-
-
-def _set_deterministic(kind):
-    """Makes runs repeatable: deterministic algorithms, no cudnn autotuning."""
-    # warn_only: some accelerator kernels (e.g. the adaptive pooling backward on cuda) have no
-    # deterministic version; they warn instead of stopping the run. CPU runs repeat exactly.
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    if kind == "cuda":
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.backends.cudnn.deterministic = True
-
-
 def setup(name="auto", local_rank=0):
     """Resolves a device name, makes the local_rank-th device current and returns it."""
-    kind = resolve(name)
-    if kind == "cpu":
-        device = torch.device("cpu")
-    else:
+    kind, device = resolve(name), torch.device("cpu")
+    if kind != "cpu":
         count = _module(kind).device_count()
         if not 0 <= local_rank < count:
             msg = "local rank {} has no {} device: {} visible; start at most {} processes per node"
@@ -140,7 +109,12 @@ def setup(name="auto", local_rank=0):
     if kind == "cuda":
         torch.backends.cudnn.benchmark = cfg.CUDNN.BENCHMARK and not cfg.DETERMINISTIC
     if cfg.DETERMINISTIC:
-        _set_deterministic(kind)
+        # warn_only: some accelerator kernels (e.g. cuda's adaptive pooling backward) have no
+        # deterministic version; they warn instead of stopping the run. CPU runs repeat exactly
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        if kind == "cuda":
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.backends.cudnn.deterministic = True
     return device
 
 
@@ -167,30 +141,24 @@ def reset_peak_memory(device):
 
 def dist_backend(device):
     """Returns the process group backend of a device: gloo (cpu), nccl (cuda), hccl (npu)."""
-    kind = device_type(device)
-    if kind not in _DIST_BACKENDS:
-        raise PyclsError("no process group backend for device {}".format(kind))
-    return _DIST_BACKENDS[kind]
+    return _DIST_BACKENDS[device_type(device)]
 
 
-def autocast_device_type(device):
-    """Returns the device_type argument of torch.autocast / torch.amp.GradScaler."""
-    return device_type(device)
-
-
-def map_location(device):
-    """Returns torch.load's map_location: tensors land straight on this process's device."""
-    return torch.device(device)
+# The device_type argument of torch.autocast and torch.amp.GradScaler
+autocast_device_type = device_type
 
 
 def memory_format(device):
-    """Returns the activation memory format for cfg.MODEL.MEMORY_FORMAT on this device.
-
-    auto is channels_last on cpu and cuda (on CPU our EN-B3 train step at 224px runs 1.32x and
-    its eval 1.28x faster in it; see benchmarks/README.md) and contiguous on npu, whose
-    kernels pick their own internal formats.
-    """
+    """Returns the activation memory format for cfg.MODEL.MEMORY_FORMAT on this device: auto is
+    channels_last on cpu and cuda (faster convs, see benchmarks/README.md), contiguous on npu,
+    whose kernels pick their own formats."""
     choice = cfg.MODEL.MEMORY_FORMAT
     if choice == "auto":
         choice = "contiguous" if device_type(device) == "npu" else "channels_last"
     return torch.channels_last if choice == "channels_last" else torch.contiguous_format
+
+
+def cpu_has_native_bf16():
+    """Tells whether the CPU computes bfloat16 natively (AVX512-BF16 or AMX); elsewhere bf16 is
+    emulated and slower than float32 (mkldnn's own bf16 check answers True even then)."""
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()

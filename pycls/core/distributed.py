@@ -1,15 +1,7 @@
-"""Distributed training: one process per device, joined in a torch.distributed process group.
+"""Distributed training: one process per device in a torch.distributed process group, placed
+by torchrun's env or the seed's --rank_id/--device_id (a world of one makes no group)."""
 
-A process learns its place from torchrun's environment (RANK, LOCAL_RANK, WORLD_SIZE,
-MASTER_ADDR, MASTER_PORT) or from the seed's launchers (--rank_id N --device_id N with the
-process count in RANK_SIZE). A world of one process makes no process group. The backend
-follows the device: gloo (cpu), nccl (cuda), hccl (npu).
-
-Starting ranks is pycls.core.launch's job. A rank started by torchrun stops when torchrun
-itself dies (kill -9), so a rerun never meets orphaned ranks still training into the same
-OUT_DIR.
-"""
-
+import contextlib
 import datetime
 import os
 import threading
@@ -22,16 +14,6 @@ import torch.distributed as torch_dist
 from pycls.core import device as dev
 from pycls.core.config import cfg
 from pycls.core.errors import PyclsError, write_stderr_line
-
-# Rendezvous defaults for seed-style launches (torchrun always sets both)
-_MASTER_ADDR = "127.0.0.1"
-_MASTER_PORT = "29688"
-
-# Set by torchrun in the environment of each rank it starts
-_TORCHRUN_VAR = "TORCHELASTIC_RUN_ID"
-
-# Seconds between checks that a torchrun rank's launcher is still alive
-_LAUNCHER_POLL_S = 1.0
 
 
 def _env_int(name):
@@ -47,16 +29,13 @@ def process_info(rank_id=None, device_id=None):
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
         rank, world_size = _env_int("RANK"), _env_int("WORLD_SIZE")
         local_rank = _env_int("LOCAL_RANK") if "LOCAL_RANK" in os.environ else rank
-    elif rank_id is not None:
-        if "RANK_SIZE" not in os.environ:
+    else:
+        if rank_id is not None and "RANK_SIZE" not in os.environ:
             msg = "--rank_id {} needs the process count in RANK_SIZE: export RANK_SIZE=N "
             msg += "(as test/train_full_8p.sh does) or launch with torchrun"
             raise PyclsError(msg.format(rank_id))
-        rank, world_size = rank_id, _env_int("RANK_SIZE")
-        local_rank = rank_id if device_id is None else device_id
-    else:
-        rank, world_size = 0, 1
-        local_rank = 0 if device_id is None else device_id
+        rank, world_size = (0, 1) if rank_id is None else (rank_id, _env_int("RANK_SIZE"))
+        local_rank = rank if device_id is None else device_id
     if world_size < 1 or not 0 <= rank < world_size or local_rank < 0:
         msg = "rank {} (device {}) does not fit a world of {} processes: check RANK/--rank_id, "
         msg += "LOCAL_RANK/--device_id and WORLD_SIZE/RANK_SIZE"
@@ -68,30 +47,25 @@ def init(device_name="auto", rank_id=None, device_id=None):
     """Sets this process's device and joins the process group; returns the device."""
     rank, world_size, local_rank = process_info(rank_id, device_id)
     device = dev.setup(device_name, local_rank)
-    if _TORCHRUN_VAR in os.environ:
+    if "TORCHELASTIC_RUN_ID" in os.environ:  # started by torchrun
         _exit_with_launcher(rank)
     if world_size > 1 and not torch_dist.is_initialized():
-        os.environ.setdefault("MASTER_ADDR", _MASTER_ADDR)
-        os.environ.setdefault("MASTER_PORT", _MASTER_PORT)
-        backend = dev.dist_backend(device)
-        # Bounds the rendezvous and every collective: a stalled peer ends in an error
-        # (converted to one line by errors.run_cli) instead of a wait without end
+        # Rendezvous defaults for seed-style launches (torchrun always sets both)
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", "29688")
+        # Bounds the rendezvous and every collective: a stalled peer ends in one error line
         timeout = datetime.timedelta(seconds=cfg.DIST.TIMEOUT)
         store = _restart_store(world_size, timeout)
-        kwargs = {"rank": rank, "world_size": world_size, "timeout": timeout}
-        if store is None:
-            torch_dist.init_process_group(backend, init_method="env://", **kwargs)
-        else:
-            torch_dist.init_process_group(backend, store=store, **kwargs)
+        kwargs = {"init_method": "env://"} if store is None else {"store": store}
+        kwargs.update(rank=rank, world_size=world_size, timeout=timeout)
+        torch_dist.init_process_group(dev.dist_backend(device), **kwargs)
     return device
 
 
 def _restart_store(world_size, timeout=None):
-    """Returns the store of a torchrun restart: the launcher's, with keys of this attempt only.
-
-    torchrun keeps its store across restarts; without a prefix the restarted ranks would read
-    the addresses the failed attempt left there and fail to connect (pytorch issue 135712).
-    """
+    """Returns the store of a torchrun restart: the launcher's, with keys of this attempt only
+    (torchrun keeps its store across restarts; without a prefix the restarted ranks would read
+    the addresses the failed attempt left there and fail to connect: pytorch issue 135712)."""
     restart = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
     if restart == "0" or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
         return None
@@ -102,17 +76,16 @@ def _restart_store(world_size, timeout=None):
 
 
 def _exit_with_launcher(rank):
-    """Ends this process when the launcher that started it (torchrun) has died."""
+    """Ends this process when the launcher that started it (torchrun) has died, so that a rerun
+    never meets orphaned ranks still training into the same OUT_DIR."""
     parent = os.getppid()
 
     def watch():
         while os.getppid() == parent:
-            time.sleep(_LAUNCHER_POLL_S)
+            time.sleep(1.0)
         msg = "error: rank {}: its launcher (pid {}) has died, so this rank stops too"
-        try:
+        with contextlib.suppress(OSError):  # the output pipe may have died with the launcher
             write_stderr_line(msg.format(rank, parent))
-        except OSError:  # the output pipe died with the launcher: stop all the same
-            pass
         os._exit(1)
 
     threading.Thread(target=watch, name="launcher-watch", daemon=True).start()
@@ -141,13 +114,11 @@ def is_main_proc():
 def scaled_all_reduce(tensors):
     """Averages tensors over all processes in place and returns them."""
     world_size = get_world_size()
-    if world_size == 1:
-        return tensors
-    works = [torch_dist.all_reduce(t, async_op=True) for t in tensors]
-    for work in works:
-        work.wait()
-    for t in tensors:
-        t.mul_(1.0 / world_size)
+    if world_size > 1:
+        for work in [torch_dist.all_reduce(t, async_op=True) for t in tensors]:
+            work.wait()
+        for t in tensors:
+            t.mul_(1.0 / world_size)
     return tensors
 
 
@@ -168,12 +139,6 @@ def wrap_model(model, device):
         # Newer torch deprecates broadcast_buffers but says to keep it for rank-local buffers
         warnings.filterwarnings("ignore", ".*broadcast_buffers", FutureWarning)
         return ddp(model, device_ids=ids, output_device=ids and ids[0], broadcast_buffers=False)
-
-
-def barrier():
-    """Waits for every process (a no-op without a process group)."""
-    if is_initialized():
-        torch_dist.barrier()
 
 
 def cleanup():

@@ -12,21 +12,16 @@ import simplejson
 from pycls.core.config import cfg
 from pycls.core.errors import PyclsError
 
-# Format of every log line
+# Format of every log line, the log file in OUT_DIR (LOG_DEST file), the tag of a json stats
+# line and its key that holds the line's type
 _FORMAT = "[%(filename)s: %(lineno)3d]: %(message)s"
-
-# Log file name in OUT_DIR (LOG_DEST file)
 _LOG_FILE = "stdout.log"
-
-# Tag in front of the json stats of a line
-_TAG = "json_stats: "
-
-# Key holding the type of a json stats line
-_TYPE = "_type"
+_TAG, _TYPE = "json_stats: ", "_type"
 
 
 def setup_logging():
     """Sets up logging: INFO from the main process (LOG_DEST), warnings only from the others."""
+    # Imported here: log readers (final_result.py, plot_log.py) run without torch
     import pycls.core.distributed as dist
 
     if dist.is_main_proc():
@@ -47,45 +42,36 @@ def get_logger(name):
     return logging.getLogger(name)
 
 
-def _round_float(value, prec):
-    """Rounds a float to prec decimals, keeping prec significant digits for small values."""
-    if not math.isfinite(value):
-        return value
-    places = prec
-    if value != 0.0:
-        places = max(prec, prec - 1 - math.floor(math.log10(abs(value))))
-    return decimal.Decimal("{:.{}f}".format(value, places))
-
-
 def float_to_decimal(data, prec=4):
-    """Converts the floats in data (nested dicts and lists) to rounded Decimals."""
+    """Rounds the floats in data (nested dicts, lists) to prec decimals, or prec digits."""
     if not prec:
         return data
     if isinstance(data, dict):
         return {k: float_to_decimal(v, prec) for k, v in data.items()}
     if isinstance(data, (list, tuple)):
         return [float_to_decimal(v, prec) for v in data]
-    if isinstance(data, numbers.Real) and not isinstance(data, numbers.Integral):
-        return _round_float(float(data), prec)
-    if isinstance(data, numbers.Integral) and not isinstance(data, bool):
+    if isinstance(data, bool) or not isinstance(data, numbers.Real):
+        return data
+    if isinstance(data, numbers.Integral):
         return int(data)
-    return data
+    value = float(data)
+    if not math.isfinite(value):
+        return value
+    places = max(prec, prec - 1 - math.floor(math.log10(abs(value)))) if value else prec
+    return decimal.Decimal("{:.{}f}".format(value, places))
 
 
 def dump_log_data(data, data_type, prec=4):
     """Returns the 'json_stats: {...}' line for data (a dict) of the given type."""
     data = float_to_decimal(dict(data, **{_TYPE: data_type}), prec)
-    data_json = simplejson.dumps(data, sort_keys=True, use_decimal=True, allow_nan=True)
-    return "{}{}".format(_TAG, data_json)
+    return _TAG + simplejson.dumps(data, sort_keys=True, use_decimal=True, allow_nan=True)
 
 
 def _parse_line(line):
     """Returns the json stats dict of a log line, or None when the line has none."""
-    if _TAG not in line:
-        return None
     try:
-        data = simplejson.loads(line[line.find(_TAG) + len(_TAG) :], allow_nan=True)
-    except simplejson.JSONDecodeError:
+        data = simplejson.loads(line.split(_TAG, 1)[1], allow_nan=True)
+    except (IndexError, simplejson.JSONDecodeError):
         return None
     return data if isinstance(data, dict) and _TYPE in data else None
 
@@ -94,23 +80,18 @@ def load_log_data(log_file, data_types_to_skip=()):
     """Loads the json stats of a log file as {type: {key: [values]}} (as pycls)."""
     if not os.path.isfile(log_file):
         raise PyclsError("log file {} does not exist; check the path".format(log_file))
-    with open(log_file, errors="replace") as f:
-        lines = [_parse_line(line) for line in f]
-    lines = [d for d in lines if d is not None and d[_TYPE] not in data_types_to_skip]
     rows = {}
-    for line in lines:
-        rows.setdefault(line.pop(_TYPE), []).append(line)
-    data = {}
-    for data_type, type_rows in rows.items():
-        keys = list(dict.fromkeys(k for row in type_rows for k in row))
-        data[data_type] = {k: [row.get(k) for row in type_rows] for k in keys}
-    return data
+    with open(log_file, errors="replace") as f:
+        for line in map(_parse_line, f):
+            if line is not None and line[_TYPE] not in data_types_to_skip:
+                rows.setdefault(line.pop(_TYPE), []).append(line)
+    keys = {t: dict.fromkeys(k for row in r for k in row) for t, r in rows.items()}
+    return {t: {k: [row.get(k) for row in r] for k in keys[t]} for t, r in rows.items()}
 
 
 def _split_ratio(values):
     """Splits 'a/b' strings into two lists of ints."""
-    pairs = [v.split("/") for v in values]
-    return [int(a) for a, _ in pairs], [int(b) for _, b in pairs]
+    return [list(map(int, column)) for column in zip(*(v.split("/") for v in values))]
 
 
 def sort_log_data(data):

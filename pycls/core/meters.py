@@ -1,8 +1,7 @@
 """Meters: top-k errors and the train/test stats behind the json_stats log lines.
 
-Per-iteration stats stay on the device (no host sync); they are read, and summed over all
-processes, only every LOG_PERIOD iterations and at the end of an epoch.
-"""
+Per-iteration stats stay on the device (no host sync): they are read and summed over all
+processes only every LOG_PERIOD iterations and at the end of an epoch."""
 
 import datetime
 import math
@@ -32,9 +31,9 @@ def time_string(seconds):
     return str(datetime.timedelta(seconds=int(seconds)))
 
 
-def _ratio(num, den):
-    """Returns num / den, or NaN when den is 0."""
-    return num / den if den else float("nan")
+def _ratios(names, sums, count):
+    """Returns {name: sum / count}, NaN when count is 0."""
+    return {n: s / count if count else float("nan") for n, s in zip(names, sums)}
 
 
 class MeterStats:
@@ -48,62 +47,71 @@ class MeterStats:
     def reset(self):
         """Clears the window and the totals."""
         self.window = None
-        self.window_count = 0
-        self.totals = [0.0] * len(self.names)
-        self.count = 0
+        self.totals, self.count = [0.0] * len(self.names), 0
 
     def add(self, values, mb_size):
         """Adds one mini-batch's stats (tensors, one per name); no host sync."""
-        stacked = torch.stack([v.detach().float().reshape(()) for v in values]) * mb_size
-        if self.window is None:
-            self.window, self.device = stacked, stacked.device
-        else:
-            self.window.add_(stacked)
-        self.window_count += mb_size
+        # A last entry counts the images, so that one all_reduce sums stats and count
+        values = [v.detach().float().reshape(()) for v in values]
+        stacked = torch.stack(values + [values[0].new_ones(())]) * mb_size
+        self.window = stacked if self.window is None else self.window.add_(stacked)
+        self.device = stacked.device
 
     def flush(self):
         """Sums the window over all processes (one sync), adds it to the totals, returns it."""
-        device = self.device if self.device is not None else torch.device("cpu")
         window = self.window
         if window is None:
-            window = torch.zeros(len(self.names), device=device)
-        count = torch.tensor([self.window_count], dtype=torch.float32, device=device)
-        sums = dist.all_reduce_sum(torch.cat([window, count])).tolist()
-        sums, count = sums[:-1], int(round(sums[-1]))
+            window = torch.zeros(len(self.names) + 1, device=self.device)
+        *sums, count = dist.all_reduce_sum(window).tolist()
+        count = int(round(count))
         self.totals = [t + s for t, s in zip(self.totals, sums)]
         self.count += count
-        self.window, self.window_count = None, 0
-        return {n: _ratio(s, count) for n, s in zip(self.names, sums)}
+        self.window = None
+        return _ratios(self.names, sums, count)
 
     def averages(self):
-        """Returns the batch-weighted averages of the totals (call flush first)."""
-        return {n: _ratio(t, self.count) for n, t in zip(self.names, self.totals)}
+        """Flushes the window and returns the batch-weighted averages of the totals."""
+        self.flush()
+        return _ratios(self.names, self.totals, self.count)
 
 
-class Throughput:
-    """Images and seconds of an epoch's iterations, with the warm-up iterations apart."""
+class _Meter:
+    """What train and test meters share: timer, stats sums, throughput, log lines."""
 
-    def __init__(self, warmup_iters):
-        self.warmup_iters = warmup_iters
+    _stat_names = ("top1_err", "top5_err")
+
+    def __init__(self, epoch_iters, phase=None):
+        self.epoch_iters = epoch_iters
+        self.max_iter = cfg.OPTIM.MAX_EPOCH * epoch_iters
+        self.phase = phase or self.phase
+        self.iter_timer = Timer()
+        self.warmup_iters = cfg.PREC_TIME.WARMUP_ITER
+        self.stats = MeterStats(self._stat_names)
         self.reset()
 
     def reset(self):
-        """Clears the counts."""
-        self.images, self.seconds, self.image_calls, self.time_calls = 0, 0.0, 0, 0
-        self.timed_images, self.timed_seconds = 0, 0.0
+        """Clears the epoch's stats (the iteration timer averages over all epochs)."""
+        self.stats.reset()
+        # Seconds and images of the epoch's iterations, and of those after the warm-up
+        self.iters, self.seconds, self.images = 0, 0.0, 0
+        self.timed_seconds, self.timed_images = 0.0, 0
 
-    def add_time(self, seconds):
-        """Adds the time of one iteration."""
-        self.time_calls += 1
-        self.seconds += seconds
-        if self.time_calls > self.warmup_iters:
-            self.timed_seconds += seconds
+    def iter_tic(self):
+        """Starts timing an iteration."""
+        self.iter_timer.tic()
 
-    def add_images(self, mb_size):
-        """Adds the images of one iteration."""
-        self.image_calls += 1
+    def iter_toc(self):
+        """Stops timing an iteration (update_stats then adds its images and time)."""
+        self.iter_timer.toc()
+
+    def _add(self, values, mb_size):
+        """Adds one iteration's stats, images and time."""
+        self.stats.add(values, mb_size)
+        self.iters += 1
+        self.seconds += self.iter_timer.diff
         self.images += mb_size
-        if self.image_calls > self.warmup_iters:
+        if self.iters > self.warmup_iters:
+            self.timed_seconds += self.iter_timer.diff
             self.timed_images += mb_size
 
     def fps(self):
@@ -113,61 +121,33 @@ class Throughput:
             images, seconds = self.images, self.seconds
         return images * dist.get_world_size() / seconds if seconds > 0 else 0.0
 
-
-def _host_values(extra):
-    """Returns a copy of extra with 0-dim tensors read into Python numbers."""
-    extra = extra or {}
-    return {k: v.item() if isinstance(v, torch.Tensor) else v for k, v in extra.items()}
-
-
-class _Meter:
-    """What train and test meters share: timer, stats sums, throughput, log lines."""
-
-    _stat_names = ("top1_err", "top5_err")
-
-    def __init__(self, epoch_iters, phase):
-        self.epoch_iters = epoch_iters
-        self.max_iter = cfg.OPTIM.MAX_EPOCH * epoch_iters
-        self.phase = phase
-        self.iter_timer = Timer()
-        self.stats = MeterStats(self._stat_names)
-        self.speed = Throughput(cfg.PREC_TIME.WARMUP_ITER)
-
-    def reset(self, timer=False):
-        """Clears the epoch's stats (and the iteration timer if timer)."""
-        if timer:
-            self.iter_timer.reset()
-        self.stats.reset()
-        self.speed.reset()
-
-    def iter_tic(self):
-        """Starts timing an iteration."""
-        self.iter_timer.tic()
-
-    def iter_toc(self):
-        """Stops timing an iteration."""
-        self.iter_timer.toc()
-        self.speed.add_time(self.iter_timer.diff)
-
-    def _mem(self):
-        """Returns the peak memory (MB, rounded up) of the device the stats live on."""
-        device = self.stats.device if self.stats.device is not None else torch.device("cpu")
-        return int(math.ceil(devices.max_memory_mb(device)))
-
     def _common_stats(self, cur_epoch):
-        """Returns the stats every line carries."""
+        """Returns the stats every line carries (mem: peak MB of the stats' device)."""
+        mem = devices.max_memory_mb(self.stats.device or torch.device("cpu"))
         return {
             "epoch": "{}/{}".format(cur_epoch + 1, cfg.OPTIM.MAX_EPOCH),
             "time_avg": self.iter_timer.average_time,
-            "mem": self._mem(),
-            "fps": self.speed.fps(),
+            "mem": int(math.ceil(mem)),
+            "fps": self.fps(),
         }
 
+    def get_epoch_stats(self, cur_epoch, extra=None):
+        """Returns the epoch's stats (summed over all processes), plus the extra dict."""
+        errs = self.stats.averages()
+        stats = {**self._common_stats(cur_epoch), **errs, "time_epoch": self.seconds}
+        stats.update(self._extra((cur_epoch + 1) * self.epoch_iters, errs))
+        # extra may hold 0-dim tensors (EMA errors, skipped AMP steps)
+        extra = extra or {}
+        return {**stats, **{k: v.item() if torch.is_tensor(v) else v for k, v in extra.items()}}
+
     def log_iter_stats(self, cur_epoch, cur_iter):
-        """Logs the window's stats every LOG_PERIOD iterations; returns them (else None)."""
+        """Logs and returns the stats since the last line every LOG_PERIOD iterations."""
         if (cur_iter + 1) % cfg.LOG_PERIOD != 0:
             return None
-        stats = self.get_iter_stats(cur_epoch, cur_iter)
+        stats = {**self._common_stats(cur_epoch), **self.stats.flush()}
+        stats["iter"] = "{}/{}".format(cur_iter + 1, self.epoch_iters)
+        stats["time_diff"] = self.iter_timer.diff
+        stats.update(self._extra(cur_epoch * self.epoch_iters + cur_iter + 1))
         logger.info(logging.dump_log_data(stats, self.phase + "_iter"))
         return stats
 
@@ -182,86 +162,35 @@ class TrainMeter(_Meter):
     """Measures training stats."""
 
     _stat_names = ("top1_err", "top5_err", "loss")
-
-    def __init__(self, epoch_iters, phase="train"):
-        super().__init__(epoch_iters, phase)
-        self.lr = None
+    phase = "train"
+    lr = None  # the last LR given to update_stats
 
     def update_stats(self, top1_err, top5_err, loss, lr, mb_size):
         """Adds one mini-batch's errors and loss (device tensors) and the LR."""
-        self.stats.add([top1_err, top5_err, loss], mb_size)
-        self.speed.add_images(mb_size)
+        self._add([top1_err, top5_err, loss], mb_size)
         self.lr = lr
 
-    def _eta(self, iters_done):
-        """Returns the estimated time left for the remaining iterations."""
-        return time_string(self.iter_timer.average_time * (self.max_iter - iters_done))
-
-    def _lr(self):
-        """Returns the last LR as a float (None before any update)."""
-        return None if self.lr is None else float(self.lr)
-
-    def get_iter_stats(self, cur_epoch, cur_iter):
-        """Returns the stats of the window since the last log line."""
-        stats = self._common_stats(cur_epoch)
-        stats.update(self.stats.flush())
-        stats["iter"] = "{}/{}".format(cur_iter + 1, self.epoch_iters)
-        stats["time_diff"] = self.iter_timer.diff
-        stats["eta"] = self._eta(cur_epoch * self.epoch_iters + cur_iter + 1)
-        stats["lr"] = self._lr()
-        return stats
-
-    def get_epoch_stats(self, cur_epoch, extra=None):
-        """Returns the epoch's stats, plus the extra dict."""
-        stats = self._common_stats(cur_epoch)
-        self.stats.flush()
-        stats.update(self.stats.averages())
-        stats["time_epoch"] = self.speed.seconds
-        stats["eta"] = self._eta((cur_epoch + 1) * self.epoch_iters)
-        stats["lr"] = self._lr()
-        stats.update(_host_values(extra))
-        return stats
+    def _extra(self, iters_done, _errs=None):
+        """Returns the time left for the remaining iterations and the last LR."""
+        eta = time_string(self.iter_timer.average_time * (self.max_iter - iters_done))
+        return {"eta": eta, "lr": None if self.lr is None else float(self.lr)}
 
 
 class TestMeter(_Meter):
     """Measures testing stats (and the lowest errors so far)."""
 
-    def __init__(self, epoch_iters, phase="test"):
-        super().__init__(epoch_iters, phase)
-        self.min_top1_err = 100.0
-        self.min_top5_err = 100.0
-
-    def reset(self, min_errs=False, timer=False):
-        """Clears the epoch's stats (and the lowest errors if min_errs)."""
-        super().reset(timer)
-        if min_errs:
-            self.min_top1_err = 100.0
-            self.min_top5_err = 100.0
+    phase = "test"
+    min_top1_err = min_top5_err = 100.0
 
     def update_stats(self, top1_err, top5_err, mb_size):
         """Adds one mini-batch's errors (device tensors)."""
-        self.stats.add([top1_err, top5_err], mb_size)
-        self.speed.add_images(mb_size)
+        self._add([top1_err, top5_err], mb_size)
 
-    def get_iter_stats(self, cur_epoch, cur_iter):
-        """Returns the stats of the window since the last log line."""
-        stats = self._common_stats(cur_epoch)
-        stats.update(self.stats.flush())
-        stats["iter"] = "{}/{}".format(cur_iter + 1, self.epoch_iters)
-        stats["time_diff"] = self.iter_timer.diff
-        return stats
-
-    def get_epoch_stats(self, cur_epoch, extra=None):
-        """Returns the epoch's stats and lowest errors so far, plus the extra dict."""
-        stats = self._common_stats(cur_epoch)
-        self.stats.flush()
-        errs = self.stats.averages()
+    def _extra(self, _iters_done, errs=None):
+        """Returns the lowest errors so far at an epoch's end (an empty epoch keeps them)."""
+        if errs is None:
+            return {}
         if self.stats.count:
             self.min_top1_err = min(self.min_top1_err, errs["top1_err"])
             self.min_top5_err = min(self.min_top5_err, errs["top5_err"])
-        stats.update(errs)
-        stats["time_epoch"] = self.speed.seconds
-        stats["min_top1_err"] = self.min_top1_err
-        stats["min_top5_err"] = self.min_top5_err
-        stats.update(_host_values(extra))
-        return stats
+        return {"min_top1_err": self.min_top1_err, "min_top5_err": self.min_top5_err}

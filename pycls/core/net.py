@@ -1,5 +1,7 @@
 """Functions for manipulating networks: complexity, labels, mixup, precise BN and EMA."""
 
+import collections
+import copy
 import itertools
 
 import numpy as np
@@ -24,6 +26,37 @@ def unwrap_model(model):
             model = getattr(model, compiled_attr)
         else:
             return model
+
+
+@torch.no_grad()
+def fold_bn(model, im_size=64):
+    """Returns an eval copy of the model with each BatchNorm that reads a conv's output folded
+    into that conv (faster eval, predict and export); the model itself keeps its BN."""
+    model = copy.deepcopy(unwrap_model(model)).eval()
+    outputs, pairs = {}, []
+
+    def keep_output(conv, _inputs, out):
+        outputs[id(out)] = (out, conv)  # kept alive, so an id names one tensor
+
+    def pair(bn, inputs):
+        if id(inputs[0]) in outputs and bn.running_mean is not None:
+            pairs.append((outputs[id(inputs[0])][1], bn))
+
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    hooks = [m.register_forward_hook(keep_output) for m in convs]
+    hooks += [m.register_forward_pre_hook(pair) for m in bns]
+    param = next(model.parameters())
+    try:  # a probe forward finds which conv each BN reads
+        model(torch.zeros(1, 3, im_size, im_size, device=param.device, dtype=param.dtype))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    names, uses = {m: n for n, m in model.named_modules()}, collections.Counter(sum(pairs, ()))
+    for conv, bn in (p for p in pairs if uses[p[0]] == uses[p[1]] == 1):
+        model.set_submodule(names[conv], torch.nn.utils.fusion.fuse_conv_bn_eval(conv, bn))
+        model.set_submodule(names[bn], torch.nn.Identity())
+    return model
 
 
 def complexity(model):
@@ -94,29 +127,19 @@ def mixup(inputs, labels):
     return inputs, labels, labels.argmax(1)
 
 
-def _batch_size(loader):
-    """Returns the per-process batch size of a loader."""
-    batch_size = getattr(loader, "batch_size", None)
-    if batch_size is None:
-        batch_size = len(next(iter(loader))[0])
-    return batch_size
-
-
 def precise_bn_iters(loader):
     """Returns the batches each process reads for precise BN: BN.NUM_SAMPLES_PRECISE images
     over all processes together (at least one batch, at most one epoch)."""
-    num_iter = int(cfg.BN.NUM_SAMPLES_PRECISE / _batch_size(loader) / dist.get_world_size())
+    batch_size = getattr(loader, "batch_size", None) or len(next(iter(loader))[0])
+    num_iter = int(cfg.BN.NUM_SAMPLES_PRECISE / batch_size / dist.get_world_size())
     return max(1, min(num_iter, len(loader)))
 
 
 @torch.no_grad()
 def compute_precise_bn_stats(model, loader, device):
-    """Recomputes BN running stats as the average of batch stats over
-    BN.NUM_SAMPLES_PRECISE training images (all processes together, as pycls).
-
-    Each process averages the stats of its own batches; the averages are then averaged over
-    the processes (all have the same number of batches), so the result equals one process
-    reading all their batches, on every rank."""
+    """Recomputes BN running stats as the average of batch stats over BN.NUM_SAMPLES_PRECISE
+    training images of all processes (as pycls): each averages its own batches, then the
+    averages are averaged (equal batch counts), as if one process read them all."""
     num_iter = precise_bn_iters(loader)
     bn_type = torch.nn.modules.batchnorm._BatchNorm
     bns = [m for m in model.modules() if isinstance(m, bn_type) and m.track_running_stats]
@@ -148,9 +171,8 @@ def update_model_ema(model, model_ema, cur_epoch, cur_iter):
     """Updates the exponential moving average (EMA) of the model weights every
     OPTIM.EMA_UPDATE_PERIOD iterations (a no-op when OPTIM.EMA_ALPHA is 0)."""
     update_period = cfg.OPTIM.EMA_UPDATE_PERIOD
-    if model_ema is None or cfg.OPTIM.EMA_ALPHA <= 0:
-        return
-    if update_period == 0 or cur_iter % update_period != 0:
+    off = model_ema is None or cfg.OPTIM.EMA_ALPHA <= 0 or update_period == 0
+    if off or cur_iter % update_period != 0:
         return
     # Adjust alpha to be fairly independent of the batch size and update period
     adjust = cfg.TRAIN.BATCH_SIZE / cfg.OPTIM.MAX_EPOCH * update_period

@@ -7,11 +7,6 @@ class Timer:
     """Accumulates the time between tic() and toc() over many calls."""
 
     def __init__(self):
-        self.total_time = None
-        self.calls = None
-        self.start_time = None
-        self.diff = None
-        self.average_time = None
         self.reset()
 
     def tic(self):
@@ -27,8 +22,5 @@ class Timer:
 
     def reset(self):
         """Clears the totals."""
-        self.total_time = 0.0
-        self.calls = 0
-        self.start_time = 0.0
-        self.diff = 0.0
-        self.average_time = 0.0
+        self.total_time, self.calls, self.average_time = 0.0, 0, 0.0
+        self.start_time, self.diff = 0.0, 0.0

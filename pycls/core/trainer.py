@@ -28,6 +28,7 @@ logger = logging.get_logger(__name__)
 
 def setup_env(rank_id=None, device_id=None):
     """Sets up the process group, device, logging (OUT_DIR is made for LOG_DEST file) and seeds."""
+    builders.check_cfg_names()  # before anything starts or is written
     device = dist.init(cfg.DEVICE, rank_id=rank_id, device_id=device_id)
     if dist.is_main_proc() and cfg.LOG_DEST == "file":
         outdir.check_out_dir(cp.get_checkpoint_dir())
@@ -161,7 +162,7 @@ def average_buffers(model):
 @torch.no_grad()
 def test_epoch(loader, model, amp, meter, cur_epoch, device):
     """Evaluates the model on the test set; returns the top-1 error."""
-    model.eval()
+    model = net.fold_bn(model)  # an eval copy with BN folded into the convs: faster
     meter.reset()
     meter.iter_tic()
     for cur_iter, (inputs, labels) in enumerate(loader):
@@ -197,7 +198,6 @@ def profile_steps(loader, model, loss_fun, optimizer, amp, device):
 
 def train_model(rank_id=None, device_id=None):
     """Trains the model, evaluating and checkpointing after every epoch."""
-    # Set up the environment and the data loaders (a bad input stops here, OUT_DIR untouched)
     device = setup_env(rank_id, device_id)
     train_loader, test_loader = data_loader.construct_loaders(device)
     resume = cp.find_resume_checkpoint() if cfg.TRAIN.AUTO_RESUME else (None, None)
@@ -208,7 +208,6 @@ def train_model(rank_id=None, device_id=None):
         msg += "to start over"
         logger.info(msg.format(done, cfg.OPTIM.MAX_EPOCH, cfg.OUT_DIR, resume[0]))
         return dist.cleanup()
-    # Build the model, loss, optimizer, AMP and EMA, load the checkpoint, then claim OUT_DIR
     model = setup_model(device)
     checkpoint_bytes = 2 * cp.estimate_checkpoint_bytes(model)
     loss_fun = builders.build_loss_fun().to(device)
@@ -274,31 +273,8 @@ def time_model(rank_id=None, device_id=None):
     loss_fun = builders.build_loss_fun().to(device)
     amp = Amp(device)
     model, _ = amp.prepare(model, None)
+    logger.info("Mixed precision: {}".format(amp.describe()))
     train_loader, test_loader = data_loader.construct_loaders(device)
     setup_out_dir()
     benchmark.compute_time_full(model, loss_fun, train_loader, test_loader, device, amp)
     dist.cleanup()
-
-
-def run_job(job, argv, description, script=None):
-    """Loads cfg from CLI arguments and runs a job (train_model, test_model or time_model).
-
-    As in pycls, NUM_GPUS is the process count: a CLI (script) started alone with NUM_GPUS > 1
-    starts that many local ranks through torchrun; a launched one checks it has that many."""
-    args = config.load_cfg_from_args(argv, description)
-    launched = "WORLD_SIZE" in os.environ or args.rank_id is not None
-    if launched:
-        world_size = dist.process_info(args.rank_id, args.device_id)[1]
-        if cfg.NUM_GPUS != world_size:
-            msg = "NUM_GPUS is {} but this job was started with {} processes; pass NUM_GPUS {} "
-            msg += "(NUM_GPUS is the process count, as in pycls)"
-            raise PyclsError(msg.format(cfg.NUM_GPUS, world_size, world_size))
-    elif cfg.NUM_GPUS > 1:
-        if script is None:
-            msg = "NUM_GPUS {} needs torchrun here: pass NUM_GPUS 1"
-            raise PyclsError(msg.format(cfg.NUM_GPUS))
-        from pycls.core import launch
-
-        launch.launch_local(cfg.NUM_GPUS, os.path.abspath(script), argv)
-        return
-    job(rank_id=args.rank_id, device_id=args.device_id)

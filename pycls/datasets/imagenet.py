@@ -1,12 +1,9 @@
 """Image folder dataset in ImageNet layout: DATA_PATH/<split>/<class>/<image>.
 
-Classes are the sorted names of the split's sub-folders; images are the files below them with
-an image extension (any case), hidden files and folders left out. Symbolic links are followed
-wherever they point, each real folder and file once (see scan_images): a link to a folder
-already walked or to a file already listed is skipped, and the count is logged. An image above
-PIL.Image.MAX_IMAGE_PIXELS is refused by every decoder. An unreadable image is logged once,
-counted (across DataLoader workers, see BadFiles) and replaced by the next readable one, so a
-few corrupt files do not end a long run.
+Classes are the sorted names of a split's sub-folders; images are the files below them with an
+image extension (any case), hidden ones left out, each real file once (see scan_images). An
+unreadable image is logged once, counted across workers (BadFiles) and replaced by the next
+readable one, so a few corrupt files do not end a long run.
 """
 
 import io
@@ -18,12 +15,12 @@ import warnings
 import numpy as np
 import torch
 import torch.utils.data
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
+from torchvision.datasets.folder import has_file_allowed_extension
 
 from pycls.core.errors import PyclsError
 
-# libjpeg-turbo straight to a tensor is faster than PIL (benchmarks/loader.py); PIL is the fallback
-try:
+try:  # libjpeg-turbo straight to a tensor beats PIL (benchmarks/loader.py); PIL is the fallback
     from torchvision.io import ImageReadMode, decode_jpeg
 except ImportError:  # torchvision deprecated its decoders in 0.29 and may drop them
     decode_jpeg = None
@@ -33,122 +30,69 @@ logger = logging.getLogger(__name__)
 # File extensions read as images (compared in lower case)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
-# An image is replaced by the next readable one among this many (else the data set is broken)
-_MAX_TRIES = 50
-
-# How many names an error message lists
-_MAX_NAMES = 10
-
-# Start of every JPEG file
-_JPEG_MAGIC = b"\xff\xd8\xff"
-
-# Decode mode of torchvision's JPEG decoder (CMYK and grey come out as RGB)
-_RGB = ImageReadMode.RGB if decode_jpeg is not None else None
+# An image is replaced by the next readable one among this many (else the data set is broken);
+# an error message lists this many names
+_MAX_TRIES, _MAX_NAMES = 50, 10
 
 
 def _names(names):
     """Joins a few names for a message, saying how many more there are."""
-    names = sorted(names)
-    more = len(names) - _MAX_NAMES
+    names, more = sorted(names), len(names) - _MAX_NAMES
     return ", ".join(names[:_MAX_NAMES]) + (" and {} more".format(more) if more > 0 else "")
 
 
-def _to_rgb(im):
-    """Converts a PIL image of any mode (L, P, RGBA, CMYK, I;16, ...) to RGB."""
-    if im.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N"):
-        # 16-bit grey: scale to 8 bits (a plain convert would clip at 255)
-        arr = np.asarray(im, dtype=np.float32) / 257.0
-        im = Image.fromarray(np.clip(arr + 0.5, 0, 255).astype(np.uint8), "L")
-    elif im.mode == "P" and "transparency" in im.info:
-        im = im.convert("RGBA")
-    return im.convert("RGB")
+def _open(data):
+    """Opens image bytes with PIL (reading the header only), refusing an image above the pixel
+    limit before any pixel is decoded (PIL itself only warns up to twice the limit)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            return Image.open(io.BytesIO(data))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        pixels = re.search(r"\((\d+) pixels\)", str(e))
+        msg = "image size ({} pixels) exceeds the limit of {} pixels (PIL.Image.MAX_IMAGE_PIXELS)"
+        pixels = pixels.group(1) if pixels else "?"
+        raise ValueError(msg.format(pixels, Image.MAX_IMAGE_PIXELS)) from None
 
 
-class ImageTooLarge(ValueError):
-    """An image above the decompression-bomb limit (PIL.Image.MAX_IMAGE_PIXELS)."""
-
-
-# Most bytes an image file within the pixel limit needs (16-bit RGBA PNG, 8 bytes a pixel)
-_BYTES_PER_PIXEL = 8
-
-
-def _too_large(pixels):
-    """Returns an ImageTooLarge error for an image of that many pixels."""
-    msg = "image size ({} pixels) exceeds the limit of {} pixels (PIL.Image.MAX_IMAGE_PIXELS)"
-    return ImageTooLarge(msg.format(pixels, Image.MAX_IMAGE_PIXELS))
-
-
-def _jpeg_size(data):
-    """Reads (width, height) from a JPEG's frame header without decoding, or None."""
-    i, n = 2, len(data)
-    while i + 9 < n:
-        if data[i] != 0xFF:
-            return None
-        marker = data[i + 1]
-        if marker == 0xFF:  # fill byte
-            i += 1
-        elif marker == 0xD8 or 0xD0 <= marker <= 0xD7 or marker == 0x01:
-            i += 2
-        elif 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # frame header
-            height = int.from_bytes(data[i + 5 : i + 7], "big")
-            width = int.from_bytes(data[i + 7 : i + 9], "big")
-            return width, height
-        else:
-            i += 2 + int.from_bytes(data[i + 2 : i + 4], "big")
-    return None
-
-
-def _check_pixels(size):
-    """Raises ImageTooLarge when a (width, height) is above PIL.Image.MAX_IMAGE_PIXELS."""
-    limit = Image.MAX_IMAGE_PIXELS
-    if size is not None and limit and size[0] * size[1] > limit:
-        raise _too_large(size[0] * size[1])
-
-
-def _decode_pil(data):
-    """Decodes image bytes with PIL into an RGB uint8 CHW tensor (bomb limit enforced)."""
-    with warnings.catch_warnings():
-        # PIL only warns between 1x and 2x MAX_IMAGE_PIXELS; refuse those as well
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        try:
-            with Image.open(io.BytesIO(data)) as im:
-                _check_pixels(im.size)
-                arr = np.array(_to_rgb(im), dtype=np.uint8)
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-            pixels = re.search(r"\((\d+) pixels\)", str(e))
-            raise _too_large(pixels.group(1) if pixels else "?") from None
+def _decode_pil(data, im=None):
+    """Decodes image bytes (or their PIL image) of any mode into an upright RGB uint8 tensor."""
+    with im or _open(data) as im:
+        im = ImageOps.exif_transpose(im)
+        if im.mode.startswith("I"):  # 16-bit grey: scale to 8 bits (convert would clip)
+            arr = np.asarray(im, dtype=np.float32) / 257.0
+            im = Image.fromarray(np.clip(arr + 0.5, 0, 255).astype(np.uint8), "L")
+        elif im.mode == "P" and "transparency" in im.info:
+            im = im.convert("RGBA")  # PIL warns on a straight convert of these to RGB
+        arr = np.array(im.convert("RGB"), dtype=np.uint8)
     return torch.from_numpy(arr).permute(2, 0, 1)
 
 
 def decode_image(data):
-    """Decodes image bytes into an RGB uint8 CHW tensor (libjpeg-turbo for JPEG, else PIL).
-
-    Every decoder keeps PIL's decompression-bomb limit (PIL.Image.MAX_IMAGE_PIXELS): a larger
-    image is refused from its header, before any pixel is decoded.
-    """
+    """Decodes image bytes into an upright RGB uint8 CHW tensor (libjpeg-turbo for JPEG, else
+    PIL); an image above PIL.Image.MAX_IMAGE_PIXELS is refused from its header."""
     if not data:
         raise ValueError("empty file")
-    size = _jpeg_size(data) if data.startswith(_JPEG_MAGIC) else None
-    if decode_jpeg is not None and size is not None:  # else PIL, which checks as it opens
-        _check_pixels(size)
+    im = _open(data)
+    if decode_jpeg is not None and im.format == "JPEG":
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", DeprecationWarning)
-                return decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=_RGB)
-        except RuntimeError:
+                raw = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+                return decode_jpeg(raw, mode=ImageReadMode.RGB, apply_exif_orientation=True)
+        except (RuntimeError, TypeError):  # TypeError: a torchvision without EXIF support
             pass  # let PIL decode it or say why it cannot
-    return _decode_pil(data)
+    return _decode_pil(data, im)
 
 
 def load_image(path):
     """Reads an image file into an RGB uint8 CHW tensor; raises on an unreadable file."""
     with open(path, "rb") as f:
         size, limit = os.fstat(f.fileno()).st_size, Image.MAX_IMAGE_PIXELS
-        if limit and size > limit * _BYTES_PER_PIXEL:
+        if limit and size > limit * 8:  # no image within the limit needs 8 bytes a pixel
             msg = "file of {} MiB is larger than any image within PIL.Image.MAX_IMAGE_PIXELS"
-            raise ImageTooLarge(msg.format(size // 1024**2))
-        data = f.read()
-    return decode_image(data)
+            raise ValueError(msg.format(size // 1024**2))
+        return decode_image(f.read())
 
 
 def split_path(data_path, split):
@@ -176,74 +120,45 @@ def find_classes(path):
     return classes
 
 
-def check_same_classes(data_path, split, other_split, listed=None):
-    """Raises a PyclsError naming the differing classes when two splits' classes differ
-    (listed maps a split to its class names where they are read already)."""
+def list_classes(data_path, split, other_split=None, listed=None):
+    """Fills and returns `listed` ({split: class names}) with split and, where its folder
+    exists, other_split; raises a PyclsError when split's folder is missing or the two differ
+    (naming the classes only one has). A split already in `listed` is not read again."""
     listed = {} if listed is None else listed
-
-    def classes(name):
-        return listed[name] if name in listed else find_classes(split_path(data_path, name))
-
+    for name in (split, other_split):
+        wanted = name == split or (name and os.path.isdir(os.path.join(data_path, name)))
+        if wanted and name not in listed:
+            listed[name] = find_classes(split_path(data_path, name))
+    if other_split not in listed or other_split == split:
+        return listed
     first, second = sorted((split, other_split))
-    ours, theirs = set(classes(first)), set(classes(second))
-    if ours != theirs:
-        only = []
-        for name, names in ((first, ours - theirs), (second, theirs - ours)):
-            if names:
-                only.append("only in {}: {}".format(name, _names(names)))
+    ours, theirs = set(listed[first]), set(listed[second])
+    only = [
+        "only in {}: {}".format(name, _names(names))
+        for name, names in ((first, ours - theirs), (second, theirs - ours))
+        if names
+    ]
+    if only:
         msg = "the classes of {}/{} and {}/{} differ ({}); give both splits the same class folders"
         raise PyclsError(msg.format(data_path, first, data_path, second, "; ".join(only)))
-
-
-def list_classes(data_path, split, other_split=None, listed=None):
-    """Returns `listed` (a dict, filled here) mapping DATA_PATH/split and, where its folder
-    exists, DATA_PATH/other_split to their class names; raises a PyclsError when a folder is
-    missing or the two differ. Each split folder is checked and read once: a split already in
-    `listed` (the other loader's) is taken from there."""
-    listed = {} if listed is None else listed
-    roots = {} if split in listed else {split: split_path(data_path, split)}
-    names = [split]
-    if other_split not in (None, split):
-        if other_split in listed or os.path.isdir(os.path.join(data_path, other_split)):
-            names.append(other_split)
-    for name in sorted(names):
-        if name not in listed:
-            listed[name] = find_classes(roots.get(name) or split_path(data_path, name))
-    if len(names) == 2:
-        check_same_classes(data_path, split, other_split, listed)
     return listed
 
 
-def _is_image(name):
-    """Tells whether a file name is a (non-hidden) image by its extension."""
-    return not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)
+def scan_images(folders, reserved=()):
+    """Lists the image files below each folder; returns (relative paths per folder, links skipped).
 
-
-class _Scan:
-    """Walks folders so that each real folder is entered once and each real file listed once."""
-
-    def __init__(self, reserved):
-        self.reserved = {os.path.realpath(p) for p in reserved}
-        self.walked = set(self.reserved)
-        self.linked = {}  # real path of a linked file -> (folder, relative path) listing it
-        self.skipped = 0
-
-    def _enter(self, target):
-        """Marks a real folder as walked; tells whether it was new."""
-        if target in self.walked:
-            return False
-        self.walked.add(target)
-        return True
-
-    def images(self, folder):
-        """Returns the image files below a folder (relative paths, in os.walk's order)."""
+    Links are followed, but each real folder is entered and each real file listed once, so a scan
+    always ends: links to a folder walked (itself, a parent, a `reserved` one such as another
+    class), broken ones and ones to a file listed otherwise are skipped; a plain file wins."""
+    walked, tops = {os.path.realpath(p) for p in reserved}, set()
+    found, skipped = [], 0  # found: (folder index, relative path, real path, is a link)
+    for index, folder in enumerate(folders):
         real = os.path.realpath(folder)
-        if real in self.reserved:
-            self.reserved.discard(real)  # each reserved folder is walked once too
-        elif not self._enter(real):
-            self.skipped += 1  # the same folder under another name
-            return []
-        found, stack = [], [("", real)]
+        if real in tops or (real in walked and folder not in reserved):
+            skipped += 1  # the same folder under another name
+            continue
+        walked.add(real), tops.add(real)
+        stack = [("", real)]
         while stack:
             rel, real = stack.pop()
             try:
@@ -252,86 +167,57 @@ class _Scan:
             except OSError:
                 continue  # an unreadable folder lists nothing, as with os.walk
             dirs = []
-            for entry in entries:
-                if entry.name.startswith("."):
-                    continue
-                path = os.path.join(rel, entry.name)
-                if entry.is_symlink():
-                    target = os.path.realpath(entry.path)
-                    if os.path.isdir(target):
-                        if self._enter(target):
-                            dirs.append((path, target))
-                        else:  # a link to itself, a parent or a folder already walked
-                            self.skipped += 1
-                    elif not os.path.isfile(target):
-                        self.skipped += 1  # a broken link
-                    elif _is_image(entry.name):
-                        if target in self.linked:
-                            self.skipped += 1
-                        else:
-                            self.linked[target] = (folder, path)
-                            found.append(path)
-                elif entry.is_dir(follow_symlinks=False):
-                    if self._enter(os.path.join(real, entry.name)):
-                        dirs.append((path, os.path.join(real, entry.name)))
-                elif _is_image(entry.name):
-                    found.append(path)
+            for e in (e for e in entries if not e.name.startswith(".")):
+                link, path = e.is_symlink(), os.path.join(rel, e.name)
+                target = os.path.realpath(e.path) if link else os.path.join(real, e.name)
+                if e.is_dir():
+                    if target not in walked:
+                        walked.add(target)
+                        dirs.append((path, target))
+                    else:
+                        skipped += link  # a link to itself, a parent or a folder walked
+                elif link and not e.is_file():
+                    skipped += 1  # a broken link
+                elif has_file_allowed_extension(e.name, IMAGE_EXTENSIONS):
+                    found.append((index, path, target, link))
             stack.extend(reversed(dirs))
-        return found
-
-    def duplicates(self):
-        """Returns the (folder, path) listings of linked files that are listed as plain files."""
-        return {
-            listing
-            for target, listing in self.linked.items()
-            if os.path.dirname(target) in self.walked and _is_image(os.path.basename(target))
-        }
-
-
-def scan_images(folders, reserved=()):
-    """Lists the image files below each folder; returns (relative paths per folder, links skipped).
-
-    Hidden files and folders are left out. Symbolic links are followed wherever they point, but
-    each real folder is entered once and each real file listed once: a link to a folder already
-    walked (itself, a parent, a `reserved` folder such as another class) or to a file already
-    listed, and a broken link, are skipped and counted, so a scan always ends.
-    """
-    scan = _Scan(reserved)
-    lists = [scan.images(folder) for folder in folders]
-    dups = scan.duplicates()
-    if dups:
-        lists = [[p for p in found if (f, p) not in dups] for f, found in zip(folders, lists)]
-    return lists, scan.skipped + len(dups)
+    plain, listed, lists = {t for _, _, t, link in found if not link}, set(), [[] for _ in folders]
+    for index, path, target, link in found:
+        if target in listed or (link and target in plain):
+            skipped += 1
+        else:
+            listed.add(target)
+            lists[index].append(path)
+    return lists, skipped
 
 
 class BadFiles:
-    """Logs unreadable images once and counts them per epoch across DataLoader workers.
-
-    The counts live in shared memory, one slot per process (slot 0 for the main process,
-    slot k + 1 for worker k), so each slot has a single writer and needs no lock. The main
-    process reads the sum once the workers have delivered their batches, and resets it.
-    """
+    """Logs unreadable images once and counts them per pass across DataLoader workers (in
+    shared memory, one slot per process: 0 for the main one, k + 1 for worker k, so no lock)."""
 
     def __init__(self, num_files, num_workers=0):
         self.logged = torch.zeros(num_files, dtype=torch.uint8).share_memory_()
         self.counts = torch.zeros(num_workers + 1, dtype=torch.int64).share_memory_()
 
-    def add(self, index, path, reason, count):
-        """Logs a bad file (once per file) and counts it when `count` is set."""
+    def add(self, index, path, error, count):
+        """Logs a bad file and why (once per file); counts it when `count` is set."""
         if not self.logged[index]:
             self.logged[index] = 1
+            text = (str(error).strip().splitlines() or [""])[0]
+            if isinstance(error, UnidentifiedImageError):
+                text = "cannot identify the image format"
+            reason = type(error).__name__ + (": " + text if text else "")
             logger.warning("unreadable image %s (%s); using another image instead", path, reason)
         if count:
             info = torch.utils.data.get_worker_info()
-            slot = 0 if info is None else (info.id + 1) % len(self.counts)
-            self.counts[slot] += 1
+            self.counts[0 if info is None else (info.id + 1) % len(self.counts)] += 1
 
     def count(self):
         """Returns the number of bad files met since the last reset (all workers)."""
         return int(self.counts.sum())
 
     def reset(self):
-        """Sets the count back to zero (at the start of an epoch)."""
+        """Sets the count back to zero (at the start of a pass)."""
         self.counts.zero_()
 
 
@@ -339,35 +225,31 @@ class ImageNet(torch.utils.data.Dataset):
     """Images of DATA_PATH/<split>/<class>/ with the class index as label."""
 
     def __init__(self, data_path, split, transform, num_workers=0, classes=None):
-        if classes is None:
-            self.root = split_path(data_path, split)
-            self.classes = find_classes(self.root)
-        else:  # the split's folder is checked and its classes read already (list_classes)
-            self.root, self.classes = os.path.join(data_path, split), list(classes)
-        self.split = split
-        self.transform = transform
-        paths, labels, empty = [], [], []
+        # classes: the split's folder is checked and its classes read already (list_classes)
+        self.root = os.path.join(data_path, split) if classes else split_path(data_path, split)
+        self.classes = list(classes or find_classes(self.root))
+        self.split, self.transform = split, transform
         folders = [os.path.join(self.root, name) for name in self.classes]
         lists, skipped = scan_images(folders, reserved=folders)
         if skipped:
             msg = "%s: skipped %d links to files or folders already listed (or to nothing)"
             logger.warning(msg, self.root, skipped)
-        for label, (name, found) in enumerate(zip(self.classes, lists)):
-            empty += [] if found else [name]
-            paths += [os.path.join(name, p) for p in found]
-            labels += [label] * len(found)
+        paths = [os.path.join(c, p) for c, found in zip(self.classes, lists) for p in found]
         if not paths:
             exts = ", ".join(e[1:] for e in IMAGE_EXTENSIONS)
             msg = "{} holds no images ({}); put them in {}/<class>/<image>"
             raise PyclsError(msg.format(self.root, exts, self.root))
+        empty = [c for c, found in zip(self.classes, lists) if not found]
         if empty:
             logger.warning("%s: classes without images: %s", self.root, _names(empty))
         # One bytes blob plus offsets instead of a list of str: workers share it untouched
         encoded = [os.fsencode(p) for p in paths]
         self._blob = b"".join(encoded)
         self._offsets = np.cumsum([0] + [len(e) for e in encoded], dtype=np.int64)
-        self.labels = np.array(labels, dtype=np.int64)
+        self.labels = np.repeat(np.arange(len(lists), dtype=np.int64), [len(f) for f in lists])
         self.bad_files = BadFiles(len(paths), num_workers)
+        # The epoch's seed (loader.shuffle), shared with the workers that are running already
+        self.epoch_seed = torch.full((1,), -1, dtype=torch.int64).share_memory_()
         logger.info("%s: %d images in %d classes", self.root, len(paths), len(self.classes))
 
     def __len__(self):
@@ -384,16 +266,11 @@ class ImageNet(torch.utils.data.Dataset):
             try:
                 im = load_image(self.path(i))
             except Exception as e:  # any failure to read or decode makes the file bad
-                self.bad_files.add(i, self.path(i), _reason(e), count=attempt == 0)
+                self.bad_files.add(i, self.path(i), e, count=attempt == 0)
                 continue
-            return self.transform(im), int(self.labels[i])
+            # A seed of its own: the same augmentations for any worker count and after a resume
+            with torch.random.fork_rng(devices=[], device_type="cpu"):  # the global RNG stays
+                torch.manual_seed(hash((int(self.epoch_seed[0]), index)) % (1 << 63))
+                return self.transform(im), int(self.labels[i])
         msg = "{} images in a row from {} on are unreadable; check the files under {}"
         raise PyclsError(msg.format(_MAX_TRIES, self.path(index), self.root))
-
-
-def _reason(error):
-    """Returns a short reason for a failed read."""
-    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
-    if isinstance(error, UnidentifiedImageError):
-        text = "cannot identify the image format"
-    return "{}: {}".format(type(error).__name__, text) if text else type(error).__name__

@@ -1,29 +1,22 @@
-"""Data loaders: datasets from cfg, distributed samplers, seeding and the bad-file budget.
+"""Data loaders: datasets from cfg, distributed samplers, seeding, workers and the bad-file budget.
 
-Seeding: each process's loader has a torch Generator seeded with RNG_SEED + rank (re-seeded
-per epoch by shuffle); it orders the samples and seeds the workers, so augmentations differ
-across workers and ranks but repeat for one RNG_SEED. With NUM_WORKERS 0 the transforms draw
-from a private RNG stream seeded from that Generator, leaving the global RNG to the model.
-Persistent workers outlive an epoch, so shuffle also hands them a per-epoch seed (through
-shared memory, read by the train transform): epoch e's augmentations are the same whether
-the process ran epochs 0..e-1 before or resumed at e.
-
-Workers: every loader starts its workers with one multiprocessing context (DATA_LOADER.MP_CONTEXT,
-forkserver by default): a rank has threads (gloo, the workers' queue feeders, torch's own), and
-a worker forked from a threaded process can deadlock before it runs a line. A wait for a batch
-is bounded by DATA_LOADER.TIMEOUT and ends in one line naming the rank and the loader.
+Seeding: shuffle derives an epoch's seed from RNG_SEED + rank and the epoch; it orders the
+samples and seeds each sample's augmentations, so they repeat for one RNG_SEED and epoch e is the
+same whether the run went through epochs 0..e-1 or resumed at e. Workers start with
+DATA_LOADER.MP_CONTEXT (forkserver by default): a rank has threads (gloo, queue feeders, torch's)
+and a worker forked from a threaded process can deadlock. A wait for a batch is bounded by
+DATA_LOADER.TIMEOUT and ends in one line naming the rank and the loader.
 """
 
+import contextlib
 import logging
 import multiprocessing
 import os
-import random
 import select
 import sys
 import threading
 import time
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, RandomSampler
 from torch.utils.data.distributed import DistributedSampler
@@ -37,107 +30,55 @@ from pycls.datasets.imagenet import ImageNet, list_classes
 
 logger = logging.getLogger(__name__)
 
-# Valid values of TRAIN.DATASET and TEST.DATASET
-DATASETS = ("imagenet", "synthetic")
+# Valid values of TRAIN.DATASET and TEST.DATASET; seeds of a rank's epochs are this far apart
+DATASETS, _EPOCH_SEED_STRIDE = ("imagenet", "synthetic"), 1 << 20
 
-# Seeds of one rank's epochs are this far apart (more than any world size)
-_EPOCH_SEED_STRIDE = 1 << 20
+# Streams derived from an epoch's seed, kept apart from the loader's Generator (which DataLoader
+# draws from at times of its own): the sample order and the samples' augmentations
+_SAMPLER_STREAM, _AUGMENT_STREAM = 1, 2
 
-# Streams derived from a loader's epoch seed: the sample order and the workers' RNGs (each
-# kept apart from the loader's Generator, whose draws DataLoader makes at times of its own)
-_SAMPLER_STREAM, _WORKERS_STREAM = 1, 2
-
-
-# Start methods DATA_LOADER.MP_CONTEXT auto picks from, the first one this platform has
-_SAFE_START_METHODS = ("forkserver", "spawn")
-
-# Modules the forkserver imports once, so that each worker it forks starts with them
-_FORKSERVER_PRELOAD = ["__main__", "pycls.datasets.loader"]
-
-# Seconds between a worker's checks that its rank is alive (where pidfd_open is missing)
-_RANK_POLL_S = 1.0
-
-# Warning filter for multiprocessing's resource tracker, a process of its own: a rank that is
-# stopped (SIGTERM) leaves its loaders' semaphores to it, and its "leaked semaphore objects"
-# warnings would stand between the job's output and its one stop line
+# Quiets the resource tracker's "leaked semaphore" warnings of a stopped rank (its stop line last)
 _QUIET_TRACKER = "ignore:resource_tracker:UserWarning"
 
 
-class EpochSeeded:
-    """Wraps a transform; in a worker it reseeds the RNGs when shuffle starts a new epoch."""
-
-    def __init__(self, transform):
-        self.transform = transform
-        # The epoch's seed, -1 until shuffle sets one; shared with the workers (pickled as
-        # shared memory, so a later set_epoch_seed reaches workers that are already running)
-        self.epoch_seed = torch.full((1,), -1, dtype=torch.int64).share_memory_()
-        self._seeded = -1
-
-    def set_epoch_seed(self, seed):
-        """Sets the seed the workers use from their next image on (call between epochs)."""
-        self.epoch_seed.fill_(seed)
-
-    def __call__(self, im):
-        seed = int(self.epoch_seed[0])
-        info = torch.utils.data.get_worker_info()
-        if info is not None and seed != self._seeded:
-            self._seeded = seed
-            worker_seed = seed + info.id
-            torch.manual_seed(worker_seed)
-            random.seed(worker_seed)
-            np.random.seed(worker_seed % (1 << 32))
-        return self.transform(im)
-
-
 class Loader(DataLoader):
-    """A DataLoader that stops the run when too many of an epoch's images are unreadable."""
+    """A DataLoader with a budget of unreadable images per pass and one-line worker failures."""
 
     def __init__(self, dataset, seed, max_bad_fraction, name="data", rank=0, **kwargs):
         super().__init__(dataset, **kwargs)
-        self.seed = seed
-        self.max_bad_fraction = max_bad_fraction
-        self.name = name
-        self.rank = rank
-        transform = getattr(dataset, "transform", None)
-        self.epoch_seeded = transform if isinstance(transform, EpochSeeded) else None
-
-    def epoch_size(self):
-        """Returns the number of samples this process loads in an epoch."""
-        return len(self) * self.batch_size if self.drop_last else len(self.sampler)
+        self.seed, self.max_bad_fraction, self.name, self.rank = seed, max_bad_fraction, name, rank
+        self.bad_files = getattr(dataset, "bad_files", None)
 
     def __iter__(self):
-        # Each pass counts its own bad files (a pass left early may leave a few prefetched
-        # batches to the workers, whose bad files then count in the next pass)
-        bad_files = getattr(self.dataset, "bad_files", None)
-        if bad_files is not None:
-            bad_files.reset()
-        batches = super().__iter__()
-        if self.num_workers == 0:
-            seed = int(torch.randint(1 << 62, (), generator=self.generator))
-            batches = _with_private_rng(batches, seed)
-        total = self.epoch_size()
+        # A pass left early may leave prefetched batches whose bad files count in the next
+        if self.bad_files is not None:
+            self.bad_files.reset()
+        total = len(self) * self.batch_size if self.drop_last else len(self.sampler)
         try:
-            for batch in batches:
-                if bad_files is not None and bad_files.count() / total > self.max_bad_fraction:
-                    raise _too_many_bad(bad_files.count(), total, self)
+            for batch in super().__iter__():
+                count = bad_file_count(self)
+                if count / total > self.max_bad_fraction:
+                    msg = "{} of the {} images of this epoch in {} are unreadable ({:.2%}), more "
+                    msg += "than DATA_LOADER.MAX_BAD_FRACTION {}; fix or remove the files named "
+                    msg += "in the warnings, or raise DATA_LOADER.MAX_BAD_FRACTION"
+                    root, fraction = self.dataset.root, self.max_bad_fraction
+                    raise PyclsError(msg.format(count, total, root, count / total, fraction))
                 yield batch
-        except PyclsError as e:
-            # An error from a worker comes wrapped in its traceback: keep its one line. Drop
-            # the traceback too: DataLoader's reraise frame holds the error, a reference
-            # cycle that would keep the workers alive until the GC finds it.
+        except (PyclsError, RuntimeError) as e:
+            # Drop the traceback: DataLoader's reraise frame holds the error, a cycle that
+            # would keep the workers alive until the GC finds it
             e.__traceback__ = None
-            raise PyclsError(str(e).strip().splitlines()[-1].split("PyclsError: ")[-1]) from None
-        except RuntimeError as e:
-            error = _worker_failure(e, self)
+            error = _one_line(e, self)
             if error is None:
                 raise
-            e.__traceback__ = None
             raise error from None
 
 
-def _worker_failure(error, data_loader):
-    """Turns DataLoader's error for a stalled or dead worker into a PyclsError (else None)."""
+def _one_line(error, data_loader):
+    """Returns the PyclsError for an error met fetching a batch (None: re-raise it as it is)."""
     text = str(error)
+    if isinstance(error, PyclsError):  # from a worker it comes wrapped in its traceback
+        return PyclsError(text.strip().splitlines()[-1].split("PyclsError: ")[-1])
     where = "rank {} ".format(data_loader.rank)
     what = "the {} loader's workers".format(data_loader.name)
     if text.startswith("DataLoader timed out"):
@@ -145,7 +86,7 @@ def _worker_failure(error, data_loader):
         msg += "data storage), raise DATA_LOADER.TIMEOUT (0 waits forever) or lower "
         msg += "DATA_LOADER.NUM_WORKERS"
         return PyclsError(msg.format(where, data_loader.timeout, what))
-    if "exited unexpectedly" in text and text.startswith("DataLoader worker"):
+    if text.startswith("DataLoader worker") and "exited unexpectedly" in text:
         detail = text.split(". ")[0].replace("DataLoader worker", "worker")
         msg = "{}lost one of {}: {}; a killed worker is often out of memory, so lower "
         msg += "DATA_LOADER.NUM_WORKERS or TRAIN/TEST.BATCH_SIZE"
@@ -153,81 +94,46 @@ def _worker_failure(error, data_loader):
     return None
 
 
-def _with_private_rng(batches, seed):
-    """Fetches batches with torch's CPU RNG swapped for a private stream started at seed."""
-    state = torch.Generator().manual_seed(seed).get_state()
-    while True:
-        with torch.random.fork_rng(devices=[], device_type="cpu"):
-            torch.set_rng_state(state)
-            batch = next(batches, None)
-            state = torch.get_rng_state()
-        if batch is None:
-            return
-        yield batch
-
-
-def _too_many_bad(count, total, data_loader):
-    """Builds the error for an epoch with more bad files than DATA_LOADER.MAX_BAD_FRACTION."""
-    msg = (
-        "{} of the {} images of this epoch in {} are unreadable ({:.2%}), more than "
-        "DATA_LOADER.MAX_BAD_FRACTION {}; fix or remove the files named in the warnings, "
-        "or raise DATA_LOADER.MAX_BAD_FRACTION"
-    )
-    root, fraction = data_loader.dataset.root, data_loader.max_bad_fraction
-    return PyclsError(msg.format(count, total, root, count / total, fraction))
-
-
 def _stream_seed(epoch_seed, stream):
     """Returns the seed of one of the RNG streams of a loader's epoch."""
-    return int(np.random.SeedSequence([epoch_seed, stream]).generate_state(1)[0])
+    return hash((epoch_seed, stream)) % (1 << 63)  # an int tuple's hash is the same everywhere
 
 
 def mp_context():
     """Returns the multiprocessing context every loader starts its workers with."""
-    method = cfg.DATA_LOADER.MP_CONTEXT
-    available = multiprocessing.get_all_start_methods()
+    method, available = cfg.DATA_LOADER.MP_CONTEXT, multiprocessing.get_all_start_methods()
     if method == "auto":
-        method = next(m for m in _SAFE_START_METHODS if m in available)
+        method = next(m for m in ("forkserver", "spawn") if m in available)  # safe with threads
     if method not in available:
         msg = "DATA_LOADER.MP_CONTEXT {} does not exist on this platform; choose one of {}"
         raise PyclsError(msg.format(method, ", ".join(["auto"] + available)))
     context = multiprocessing.get_context(method)
     if method != "fork" and _QUIET_TRACKER not in sys.warnoptions:
-        # the tracker (started with the first worker) takes its -W options from these
-        sys.warnoptions.append(_QUIET_TRACKER)
-    if method == "forkserver":
-        context.set_forkserver_preload(_FORKSERVER_PRELOAD)
+        sys.warnoptions.append(_QUIET_TRACKER)  # the tracker takes its -W options from here
+    if method == "forkserver":  # each worker the server forks starts with these imported
+        context.set_forkserver_preload(["__main__", "pycls.datasets.loader"])
     return context
 
 
 class _WorkerInit:
-    """Starts a loader worker: seeds python's and numpy's RNGs from its torch seed (base
-    seed + id), ends it when its rank dies and, in a worker that did not inherit it, logs
-    where its process logs."""
+    """Starts a loader worker: ends it when its rank dies and, where it did not inherit the
+    rank's logging (forkserver, spawn), logs where the rank logs."""
 
     def __init__(self):
-        self.rank_pid = os.getpid()
-        handlers = logging.getLogger().handlers
-        handler = handlers[0] if handlers else None
+        self.rank_pid, handler = os.getpid(), (logging.getLogger().handlers or [None])[0]
         self.log_file = getattr(handler, "baseFilename", None)
-        self.log_stdout = getattr(handler, "stream", None) is sys.stdout
-        formatter = getattr(handler, "formatter", None)
-        self.log_format = getattr(formatter, "_fmt", None)
+        self.log_stream = "stdout" if getattr(handler, "stream", None) is sys.stdout else "stderr"
+        self.log_format = getattr(getattr(handler, "formatter", None), "_fmt", None)
 
     def __call__(self, worker_id):
-        seed = torch.initial_seed()
-        random.seed(seed)
-        np.random.seed(seed % (1 << 32))
         if os.getppid() != self.rank_pid:
-            # A forkserver's child: torch's worker watchdog watches the parent (the server,
-            # which outlives the rank), so a killed rank would leave its workers running
+            # A forkserver's child: torch's watchdog watches the parent (the server, which
+            # outlives the rank), so a killed rank would leave its workers running
             threading.Thread(target=_exit_with, args=(self.rank_pid,), daemon=True).start()
         if self.log_format is None or logging.getLogger().handlers:
             return
-        if self.log_file:
-            handler = logging.FileHandler(self.log_file)
-        else:
-            handler = logging.StreamHandler(sys.stdout if self.log_stdout else sys.stderr)
+        stream = logging.StreamHandler(getattr(sys, self.log_stream))
+        handler = logging.FileHandler(self.log_file) if self.log_file else stream
         handler.setFormatter(logging.Formatter(self.log_format))
         logging.basicConfig(level=logging.WARNING, handlers=[handler])
 
@@ -235,144 +141,81 @@ class _WorkerInit:
 def _exit_with(pid):
     """Ends this process (a loader worker) once the process pid has ended."""
     try:
-        fd = os.pidfd_open(pid)
-    except (AttributeError, OSError):
-        fd = None
-    if fd is not None:
-        select.select([fd], [], [])  # readable once the process has ended (even unreaped)
-    else:
-        while _is_alive(pid):
-            time.sleep(_RANK_POLL_S)
+        select.select([os.pidfd_open(pid)], [], [])  # readable once it has ended (even unreaped)
+    except (AttributeError, OSError):  # no pidfd_open (not Linux): ask every second
+        with contextlib.suppress(OSError):  # ProcessLookupError: it has ended
+            while not os.kill(pid, 0):
+                time.sleep(1.0)
     os._exit(1)
 
 
-def _is_alive(pid):
-    """Tells whether a process exists (a zombie, ended but not yet reaped, counts as gone)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open("/proc/{}/stat".format(pid)) as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return True
-
-
-def _rank_and_world_size(rank, world_size):
-    """Returns (rank, world size): as given, else this process's (pycls.core.distributed)."""
-    rank = dist.get_rank() if rank is None else rank
-    world_size = dist.get_world_size() if world_size is None else world_size
-    return rank, world_size
-
-
-def _num_workers():
-    """Returns DATA_LOADER.NUM_WORKERS capped at the CPUs this process may use."""
-    wanted = cfg.DATA_LOADER.NUM_WORKERS
-    if hasattr(os, "sched_getaffinity"):
-        cpus = len(os.sched_getaffinity(0))
-    else:
-        cpus = os.cpu_count() or 1
-    if wanted > cpus:
-        msg = "DATA_LOADER.NUM_WORKERS %d is more than the %d CPUs available; using %d"
-        logger.warning(msg, wanted, cpus, cpus)
-        return cpus
-    return wanted
-
-
-def _per_process_batch(key, batch_size, world_size):
-    """Returns the batch size of one process, or raises when it does not divide evenly."""
-    if batch_size % world_size:
-        msg = "{} {} does not divide by the {} processes; set {} to a multiple of {}"
-        raise PyclsError(msg.format(key, batch_size, world_size, key, world_size))
-    return batch_size // world_size
-
-
-def _synthetic_length(train):
-    """Returns the epoch length of the synthetic data (see pycls.datasets.synthetic)."""
-    length = cfg.DATA_LOADER.SYNTHETIC_LENGTH
-    if length > 0:
-        return length
-    return synthetic.TRAIN_LENGTH if train else synthetic.TEST_LENGTH
-
-
-def _check_num_classes(dataset):
-    """Checks that MODEL.NUM_CLASSES covers the data set's classes."""
-    found, num_classes = len(dataset.classes), cfg.MODEL.NUM_CLASSES
+def _construct_dataset(train, key, num_workers, listed):
+    """Builds the dataset named by TRAIN.DATASET / TEST.DATASET (listed: see list_classes)."""
+    sec, other = (cfg.TRAIN, cfg.TEST) if train else (cfg.TEST, cfg.TRAIN)
+    if sec.DATASET == "synthetic":
+        default = synthetic.TRAIN_LENGTH if train else synthetic.TEST_LENGTH
+        length = max(cfg.DATA_LOADER.SYNTHETIC_LENGTH, 0) or default
+        return synthetic.Synthetic(length, cfg.TRAIN.IM_SIZE, cfg.MODEL.NUM_CLASSES, cfg.RNG_SEED)
+    if sec.DATASET != "imagenet":
+        msg = "{} is {!r}; choose one of {}".format(key, sec.DATASET, ", ".join(DATASETS))
+        raise PyclsError(msg)
+    data_path, order = cfg.DATA_LOADER.DATA_PATH, cfg.INPUT.CHANNEL_ORDER
+    listed = list_classes(data_path, sec.SPLIT, other.SPLIT, listed)
+    # The class count is checked before the (long) listing of the images
+    root, found = os.path.join(data_path, sec.SPLIT), len(listed[sec.SPLIT])
+    num_classes = cfg.MODEL.NUM_CLASSES
     if found > num_classes:
         msg = "{} has {} classes but MODEL.NUM_CLASSES is {}; set MODEL.NUM_CLASSES {}"
-        raise PyclsError(msg.format(dataset.root, found, num_classes, found))
+        raise PyclsError(msg.format(root, found, num_classes, found))
     if found < num_classes:
-        logger.warning(
-            "%s has %d classes; MODEL.NUM_CLASSES is %d", dataset.root, found, num_classes
-        )
-
-
-def _construct_dataset(name, key, split, other_split, train, num_workers, listed):
-    """Builds the dataset named by TRAIN.DATASET / TEST.DATASET (listed: see list_classes)."""
-    if name == "synthetic":
-        im_size, num_classes = cfg.TRAIN.IM_SIZE, cfg.MODEL.NUM_CLASSES
-        return synthetic.Synthetic(_synthetic_length(train), im_size, num_classes, cfg.RNG_SEED)
-    if name != "imagenet":
-        raise PyclsError("{} is {!r}; choose one of {}".format(key, name, ", ".join(DATASETS)))
-    data_path = cfg.DATA_LOADER.DATA_PATH
-    listed = list_classes(data_path, split, other_split, listed)
+        logger.warning("%s has %d classes; MODEL.NUM_CLASSES is %d", root, found, num_classes)
     if train:
         transform = transforms.train_transform(
             cfg.TRAIN.IM_SIZE, cfg.TRAIN.AUGMENT, cfg.TRAIN.PCA_STD, cfg.TRAIN.CROP_SCALE,
-            cfg.TRAIN.HFLIP, cfg.INPUT.CHANNEL_ORDER,
+            cfg.TRAIN.HFLIP, order,
         )  # fmt: skip
-        transform = EpochSeeded(transform)
     else:
-        order = cfg.INPUT.CHANNEL_ORDER
         transform = transforms.test_transform(cfg.TEST.IM_SIZE, cfg.TRAIN.IM_SIZE, order)
-    dataset = ImageNet(data_path, split, transform, num_workers, listed[split])
-    _check_num_classes(dataset)
-    return dataset
+    return ImageNet(data_path, sec.SPLIT, transform, num_workers, listed[sec.SPLIT])
 
 
 def _construct_loader(train, device, rank, world_size, listed=None):
     """Builds the train or test loader of this process from cfg."""
-    rank, world_size = _rank_and_world_size(rank, world_size)
-    sec, other = (cfg.TRAIN, cfg.TEST) if train else (cfg.TEST, cfg.TRAIN)
+    rank = dist.get_rank() if rank is None else rank
+    world_size = dist.get_world_size() if world_size is None else world_size
     prefix = "TRAIN" if train else "TEST"
-    key_batch, key_dataset = prefix + ".BATCH_SIZE", prefix + ".DATASET"
-    batch_size = _per_process_batch(key_batch, sec.BATCH_SIZE, world_size)
-    num_workers = _num_workers()
-    dataset = _construct_dataset(
-        sec.DATASET, key_dataset, sec.SPLIT, other.SPLIT, train, num_workers, listed
-    )
-    seed = cfg.RNG_SEED + rank
-    sampler = None
+    key, batch = prefix + ".BATCH_SIZE", (cfg.TRAIN if train else cfg.TEST).BATCH_SIZE
+    if batch % world_size:
+        msg = "{} {} does not divide by the {} processes; set {} to a multiple of {}"
+        raise PyclsError(msg.format(key, batch, world_size, key, world_size))
+    num_workers, affinity = cfg.DATA_LOADER.NUM_WORKERS, getattr(os, "sched_getaffinity", None)
+    cpus = len(affinity(0)) if affinity else os.cpu_count() or 1
+    if num_workers > cpus:  # more would only compete for the CPUs
+        msg = "DATA_LOADER.NUM_WORKERS %d is more than the %d CPUs available; using %d"
+        logger.warning(msg, num_workers, cpus, cpus)
+        num_workers = cpus
+    dataset = _construct_dataset(train, prefix + ".DATASET", num_workers, listed)
+    seed, sampler = cfg.RNG_SEED + rank, None
     if world_size > 1:
         sampler = DistributedSampler(dataset, world_size, rank, shuffle=train, seed=cfg.RNG_SEED)
-    elif train:
-        # A Generator of its own: the order must not depend on DataLoader's other draws
+    elif train:  # a Generator of its own: the order must not depend on DataLoader's draws
         generator = torch.Generator().manual_seed(_stream_seed(seed, _SAMPLER_STREAM))
         sampler = RandomSampler(dataset, generator=generator)
+    workers = num_workers > 0
     data_loader = Loader(
-        dataset,
-        seed,
-        cfg.DATA_LOADER.MAX_BAD_FRACTION,
-        name="train" if train else "test",
-        rank=rank,
-        batch_size=batch_size,
-        sampler=sampler,
-        num_workers=num_workers,
-        pin_memory=devices.pin_memory(device),
-        drop_last=train,
-        persistent_workers=num_workers > 0,
-        worker_init_fn=_WorkerInit(),
-        multiprocessing_context=mp_context() if num_workers > 0 else None,
-        timeout=cfg.DATA_LOADER.TIMEOUT if num_workers > 0 else 0,
+        dataset, seed, cfg.DATA_LOADER.MAX_BAD_FRACTION, "train" if train else "test", rank,
+        batch_size=batch // world_size, sampler=sampler, num_workers=num_workers,
+        pin_memory=devices.pin_memory(device), drop_last=train, persistent_workers=workers,
+        worker_init_fn=_WorkerInit(), multiprocessing_context=mp_context() if workers else None,
+        timeout=cfg.DATA_LOADER.TIMEOUT if workers else 0,
         generator=torch.Generator().manual_seed(seed),
-    )
+    )  # fmt: skip
     if len(data_loader) == 0:  # drop_last with fewer images than one batch
         msg = "{} {} gives batches of {} per process, more than the {} images it gets; lower {}"
-        per_process = len(data_loader.sampler)
-        raise PyclsError(msg.format(key_batch, sec.BATCH_SIZE, batch_size, per_process, key_batch))
+        images = len(data_loader.sampler)
+        raise PyclsError(msg.format(key, batch, batch // world_size, images, key))
+    if train:
+        shuffle(data_loader, 0)  # epoch 0 until shuffle says otherwise
     return data_loader
 
 
@@ -389,27 +232,26 @@ def construct_test_loader(device=None, rank=None, world_size=None):
 def construct_loaders(device=None, rank=None, world_size=None):
     """Builds the train and test loaders; each split folder is checked and listed once."""
     listed = {}
-    train_loader = _construct_loader(True, device, rank, world_size, listed)
-    return train_loader, _construct_loader(False, device, rank, world_size, listed)
+    return tuple(_construct_loader(t, device, rank, world_size, listed) for t in (True, False))
 
 
 def shuffle(loader, cur_epoch):
     """Starts an epoch: reshuffles the samples (per epoch seed) and resets the bad-file count."""
     if isinstance(loader.sampler, DistributedSampler):
         loader.sampler.set_epoch(cur_epoch)
-    if isinstance(loader, Loader):
-        epoch_seed = loader.seed + cur_epoch * _EPOCH_SEED_STRIDE
-        loader.generator.manual_seed(epoch_seed)
-        if isinstance(loader.sampler, RandomSampler) and loader.sampler.generator is not None:
-            loader.sampler.generator.manual_seed(_stream_seed(epoch_seed, _SAMPLER_STREAM))
-        if loader.epoch_seeded is not None:
-            loader.epoch_seeded.set_epoch_seed(_stream_seed(epoch_seed, _WORKERS_STREAM))
-    bad_files = getattr(loader.dataset, "bad_files", None)
-    if bad_files is not None:
-        bad_files.reset()
+    if not isinstance(loader, Loader):  # a plain DataLoader (tests, tools)
+        return
+    epoch_seed = loader.seed + cur_epoch * _EPOCH_SEED_STRIDE
+    loader.generator.manual_seed(epoch_seed)
+    if isinstance(loader.sampler, RandomSampler):
+        loader.sampler.generator.manual_seed(_stream_seed(epoch_seed, _SAMPLER_STREAM))
+    if hasattr(loader.dataset, "epoch_seed"):
+        loader.dataset.epoch_seed.fill_(_stream_seed(epoch_seed, _AUGMENT_STREAM))
+    if loader.bad_files is not None:
+        loader.bad_files.reset()
 
 
 def bad_file_count(loader):
     """Returns the number of unreadable images met in the current (or last) pass, all workers."""
-    bad_files = getattr(loader.dataset, "bad_files", None)
+    bad_files = getattr(loader, "bad_files", None)
     return 0 if bad_files is None else bad_files.count()

@@ -1,11 +1,9 @@
-"""Image transforms (torchvision v2): train and test pipelines as in pycls.
+"""Image transforms (torchvision v2): the train and test pipelines of pycls.
 
-Both take an RGB image as a uint8 CHW tensor (or a PIL image) and return a float32 CHW tensor
-in the channel order the network sees (INPUT.CHANNEL_ORDER: "bgr" as pycls, or "rgb"),
-normalised with the ImageNet mean and std in that order. Cropping, resizing and augmentation
-run in RGB on uint8 tensors with antialiasing (faster than PIL); the channel order, the float
-conversion, the PCA lighting noise (RGB eigenvectors, as pycls) and the normalisation come last
-in one pass.
+Both take an RGB image as a uint8 CHW tensor (or a PIL image) and return a float32 CHW tensor in
+the channel order the network sees (INPUT.CHANNEL_ORDER: "bgr" as pycls, or "rgb"), normalised
+with the ImageNet mean and std in that order. Crop, resize and augment run in RGB on uint8 with
+antialiasing; the reorder, float conversion, PCA lighting and normalisation come last, in one pass.
 """
 
 import torch
@@ -22,11 +20,7 @@ CHANNEL_ORDERS = {"rgb": (0, 1, 2), "bgr": (2, 1, 0)}
 
 # Eigenvalues and eigenvectors (columns) of the ImageNet RGB covariance (AlexNet PCA jitter)
 EIG_VALS = (0.2175, 0.0188, 0.0045)
-EIG_VECS = (
-    (-0.5675, 0.7192, 0.4009),
-    (-0.5808, -0.0045, -0.8140),
-    (-0.5836, -0.6948, 0.4203),
-)
+EIG_VECS = ((-0.5675, 0.7192, 0.4009), (-0.5808, -0.0045, -0.8140), (-0.5836, -0.6948, 0.4203))
 
 
 def channel_index(channel_order):
@@ -44,33 +38,23 @@ def mean_std(channel_order):
 
 
 class NormalizeLighting(v2.Transform):
-    """uint8 RGB -> float32 in channel_order, normalised by the mean / std of that order,
-    plus AlexNet PCA lighting noise.
-
-    One fused pass: x * 1 / (255 std) + (offset - mean) / std, where the RGB offset is
-    EIG_VECS @ (alpha * EIG_VALS) with alpha ~ N(0, pca_std) per image (0 when pca_std is 0),
-    on the [0, 1] scale as in pycls; for "bgr" the channels, mean, std and offset are reversed
-    first (pycls normalises in RGB, then reverses: the same numbers). Float inputs are taken to
-    be on the [0, 1] scale already.
-    """
+    """uint8 RGB -> float32 in channel_order, normalised, plus AlexNet PCA lighting noise, in one
+    pass: x / (255 std) + (offset - mean) / std, offset = EIG_VECS @ (alpha * EIG_VALS) with alpha
+    ~ N(0, pca_std) per image, as pycls (RGB, then reversed). Float inputs are on [0, 1]."""
 
     def __init__(self, pca_std=0.0, channel_order="bgr"):
         super().__init__()
-        self.pca_std = pca_std
-        self.channel_order = channel_order
+        self.pca_std, self.channel_order = pca_std, channel_order
         self.index = channel_index(channel_order)
         mean, std = mean_std(channel_order)
-        self.mean = torch.tensor(mean).view(3, 1, 1)
-        self.std = torch.tensor(std).view(3, 1, 1)
-        self.eig_vals = torch.tensor(EIG_VALS)
-        self.eig_vecs = torch.tensor(EIG_VECS)
+        self.mean, self.std = torch.tensor(mean).view(3, 1, 1), torch.tensor(std).view(3, 1, 1)
+        self.eig_vals, self.eig_vecs = torch.tensor(EIG_VALS), torch.tensor(EIG_VECS)
 
     def make_params(self, flat_inputs):
-        """Draws the RGB lighting offset of one image."""
+        """Draws the lighting offset of one image (in channel_order)."""
         if self.pca_std <= 0:
             return {"offset": torch.zeros(3, 1, 1)}
-        alpha = torch.randn(3) * self.pca_std
-        offset = self.eig_vecs @ (alpha * self.eig_vals)
+        offset = self.eig_vecs @ (torch.randn(3) * self.pca_std * self.eig_vals)
         return {"offset": offset[self.index].view(3, 1, 1)}
 
     def transform(self, inpt, params):
@@ -81,11 +65,10 @@ class NormalizeLighting(v2.Transform):
             inpt = inpt[..., self.index, :, :]  # a copy
         top = 255.0 if inpt.dtype == torch.uint8 else 1.0
         bias = (params["offset"] - self.mean) / self.std
-        # Copy where nothing did yet: never scale the caller's float image in place
-        out = inpt.to(torch.float32, copy=not reorder)
+        out = inpt.to(torch.float32, copy=not reorder)  # never scale the caller's image in place
         return out.mul_(1.0 / (top * self.std)).add_(bias)
 
-    # torchvision < 0.21 calls these private names (0.21 made them public)
+    # torchvision < 0.21 calls these private names
     def _get_params(self, flat_inputs):
         return self.make_params(flat_inputs)
 
@@ -98,8 +81,7 @@ def train_transform(
 ):
     """Returns the train transform: random resized crop, flip, augment, lighting, normalise."""
     crop = v2.RandomResizedCrop(im_size, scale=tuple(crop_scale), antialias=True)
-    ops = [v2.ToImage(), crop, v2.RandomHorizontalFlip(hflip)]
-    augment_op = make_augment(augment)
+    ops, augment_op = [v2.ToImage(), crop, v2.RandomHorizontalFlip(hflip)], make_augment(augment)
     if augment_op is not None:
         ops.append(augment_op)
     return v2.Compose(ops + [NormalizeLighting(pca_std, channel_order)])

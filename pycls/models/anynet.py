@@ -25,19 +25,8 @@ from pycls.models.blocks import (
 )
 
 # Keys of an AnyNet params dict: the architecture, then the layers and init
-_ARCH_KEYS = (
-    "stem_type",
-    "stem_w",
-    "block_type",
-    "depths",
-    "widths",
-    "strides",
-    "bot_muls",
-    "group_ws",
-    "head_w",
-    "se_r",
-    "num_classes",
-)
+_ARCH_KEYS = tuple("stem_type stem_w block_type depths widths strides bot_muls group_ws".split())
+_ARCH_KEYS += ("head_w", "se_r", "num_classes")
 _KEYS = _ARCH_KEYS + LAYER_KEYS + ("zero_init_final_gamma",)
 
 
@@ -202,10 +191,12 @@ class BottleneckTransform(Module):
     def __init__(self, w_in, w_out, stride, p):
         super().__init__()
         w_b, w_se, groups = _bottleneck_widths(w_in, w_out, p)
-        self.a = conv2d(w_in, w_b, 1)
+        # MSRA ResNets (RESNET.STRIDE_1X1) stride in the 1x1 conv, the others in the 3x3
+        s1, s3 = (stride, 1) if p["stride_1x1"] else (1, stride)
+        self.a = conv2d(w_in, w_b, 1, stride=s1)
         self.a_bn = norm2d(w_b, p)
         self.a_af = activation(p)
-        self.b = conv2d(w_b, w_b, 3, stride=stride, groups=groups)
+        self.b = conv2d(w_b, w_b, 3, stride=s3, groups=groups)
         self.b_bn = norm2d(w_b, p)
         self.b_af = activation(p)
         self.se = SE(w_b, w_se, p) if w_se else None
@@ -222,9 +213,10 @@ class BottleneckTransform(Module):
     @staticmethod
     def complexity(cx, w_in, w_out, stride, p):
         w_b, w_se, groups = _bottleneck_widths(w_in, w_out, p)
-        cx = conv2d_cx(cx, w_in, w_b, 1)
+        s1, s3 = (stride, 1) if p["stride_1x1"] else (1, stride)
+        cx = conv2d_cx(cx, w_in, w_b, 1, stride=s1)
         cx = norm2d_cx(cx, w_b)
-        cx = conv2d_cx(cx, w_b, w_b, 3, stride=stride, groups=groups)
+        cx = conv2d_cx(cx, w_b, w_b, 3, stride=s3, groups=groups)
         cx = norm2d_cx(cx, w_b)
         cx = SE.complexity(cx, w_b, w_se) if w_se else cx
         cx = conv2d_cx(cx, w_b, w_out, 1)
@@ -285,10 +277,9 @@ def _stage_params(p):
         msg = "depths, widths, strides, bot_muls and group_ws need one value per stage; "
         raise PyclsError(msg + "got lengths {}".format([len(v) for v in lists]))
     layer = {k: p[k] for k in LAYER_KEYS if k in p}
-    stages = []
-    for d, w, s, b, g in zip(*lists):
-        stages.append((d, w, s, dict(layer, bot_mul=b, group_w=g, se_r=p["se_r"])))
-    return stages
+    # Only a ResNet's params set stride_1x1 (see resnet.py)
+    layer.update(se_r=p["se_r"], stride_1x1=p.get("stride_1x1", False))
+    return [(d, w, s, dict(layer, bot_mul=b, group_w=g)) for d, w, s, b, g in zip(*lists)]
 
 
 class AnyNet(Module):

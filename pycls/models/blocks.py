@@ -13,9 +13,8 @@ from pycls.core.errors import PyclsError
 class SiLU(nn.SiLU):
     """SiLU that works in place only where autograd does not record it.
 
-    The backward of SiLU needs its input, so under autograd an in-place SiLU makes autograd
-    keep a full copy of that input: a copy per activation and no memory saved (measured in
-    benchmarks/README.md). Without autograd (eval, inference) in place saves the allocation.
+    SiLU's backward needs its input, so under autograd in place makes autograd keep a copy of
+    it and saves nothing; without autograd (eval, inference) it saves an allocation.
     """
 
     def forward(self, x):
@@ -58,17 +57,15 @@ def check_params(params, keys, model_name):
 class Conv2d(nn.Conv2d):
     """Conv2d with 'same' padding that never strides wider than its input.
 
-    With 'same' padding and an odd kernel, an input narrower than the stride gives a one-column
-    output, and so does a stride equal to the input width: the two compute the same thing. The
-    narrower stride is needed: on x86 CPUs with AVX-512, torch's bf16 convolution (oneDNN 3.12's
-    jit bf16 backward-weights kernel in torch 2.14, channels_last, as under AMP on a CPU)
-    returns garbage weight gradients, varying from call to call, when the stride exceeds the
-    input width. EfficientNet's stage 6 meets a 1x1 input at 16px images. Checked against a
-    float64 reference in tests/test_models.py.
+    With 'same' padding and an odd kernel, a stride equal to the input width gives the same
+    one-column output as a wider one. The narrower stride dodges a torch CPU bug: on AVX-512,
+    the oneDNN bf16 backward-weights kernel (channels_last, as under CPU AMP) returns garbage
+    weight gradients when the stride exceeds the input width, as EfficientNet's stage 6 meets
+    at 16px images (see the float64 reference tests in tests/test_models.py).
     """
 
     def forward(self, x):
-        # Most convs have stride 1; a trace (ONNX export) keeps the stride, as the bug is in
+        # Most convs have stride 1; a trace (ONNX export) keeps the stride: the bug is in
         # training's gradients only
         stride_w = self.stride[1]
         if stride_w == 1 or torch.jit.is_tracing() or stride_w <= x.shape[-1]:
@@ -245,38 +242,27 @@ def adjust_block_compatibility(ws, bs, gs):
     assert all(w > 0 and b > 0 and g > 0 for w, b, g in zip(ws, bs, gs))
     vs = [int(max(1, w * b)) for w, b in zip(ws, bs)]
     gs = [int(min(g, v)) for g, v in zip(gs, vs)]
-    ms = [_lcm(g, b) if b > 1 else g for g, b in zip(gs, bs)]
+    ms = [math.lcm(g, int(b)) if b > 1 else g for g, b in zip(gs, bs)]
     vs = [max(m, int(round(v / m) * m)) for v, m in zip(vs, ms)]
     ws = [int(v / b) for v, b in zip(vs, bs)]
     assert all(w * b % g == 0 for w, b, g in zip(ws, bs, gs))
     return ws, bs, gs
 
 
-def _lcm(a, b):
-    """Least common multiple of two whole numbers (b may be a whole float)."""
-    a, b = int(a), int(b)
-    return a * b // math.gcd(a, b)
-
-
-def init_weights(m, zero_init_final_gamma=False):
-    """Performs ResNet-style weight initialization of one module."""
-    if isinstance(m, nn.Conv2d):
-        # Conv biases (SE only) keep torch's default init, as in pycls
-        fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
-        m.weight.data.normal_(mean=0.0, std=float(np.sqrt(2.0 / fan_out)))
-    elif isinstance(m, nn.BatchNorm2d):
-        zero_gamma = zero_init_final_gamma and getattr(m, "final_bn", False)
-        m.weight.data.fill_(0.0 if zero_gamma else 1.0)
-        m.bias.data.zero_()
-    elif isinstance(m, nn.Linear):
-        m.weight.data.normal_(mean=0.0, std=0.01)
-        m.bias.data.zero_()
-
-
 def init_model_weights(model, zero_init_final_gamma=False):
-    """Initializes the weights of every module of a model (see init_weights)."""
+    """Performs ResNet-style weight initialization of every module of a model."""
     for m in model.modules():
-        init_weights(m, zero_init_final_gamma)
+        if isinstance(m, nn.Conv2d):
+            # Conv biases (SE only) keep torch's default init, as in pycls
+            fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
+            m.weight.data.normal_(mean=0.0, std=float(np.sqrt(2.0 / fan_out)))
+        elif isinstance(m, nn.BatchNorm2d):
+            zero_gamma = zero_init_final_gamma and getattr(m, "final_bn", False)
+            m.weight.data.fill_(0.0 if zero_gamma else 1.0)
+            m.bias.data.zero_()
+        elif isinstance(m, nn.Linear):
+            m.weight.data.normal_(mean=0.0, std=0.01)
+            m.bias.data.zero_()
 
 
 def drop_connect(x, drop_ratio):

@@ -79,31 +79,16 @@ def build_model(name, pretrained_path=None, cfg_list=()):
     return model
 
 
-def regnetx(name, pretrained_path=None, cfg_list=()):
-    """Builds a RegNetX model-zoo model (see build_model)."""
-    name = name if "RegNetX-" in name else "RegNetX-" + name
-    return build_model(name, pretrained_path, cfg_list)
+def _family(prefix):
+    """Returns a builder of the models named prefix + name (pycls's regnetx, resnet, ...)."""
+
+    def build(name, pretrained_path=None, cfg_list=()):
+        name = name if prefix in name else prefix + name
+        return build_model(name, pretrained_path, cfg_list)
+
+    build.__doc__ = "Builds the model-zoo model {}NAME (see build_model).".format(prefix)
+    return build
 
 
-def regnety(name, pretrained_path=None, cfg_list=()):
-    """Builds a RegNetY model-zoo model (see build_model)."""
-    name = name if "RegNetY-" in name else "RegNetY-" + name
-    return build_model(name, pretrained_path, cfg_list)
-
-
-def resnet(name, pretrained_path=None, cfg_list=()):
-    """Builds a ResNet model-zoo model (see build_model)."""
-    name = name if "ResNet-" in name else "ResNet-" + name
-    return build_model(name, pretrained_path, cfg_list)
-
-
-def resnext(name, pretrained_path=None, cfg_list=()):
-    """Builds a ResNeXt model-zoo model (see build_model)."""
-    name = name if "ResNeXt-" in name else "ResNeXt-" + name
-    return build_model(name, pretrained_path, cfg_list)
-
-
-def effnet(name, pretrained_path=None, cfg_list=()):
-    """Builds an EfficientNet model-zoo model (see build_model)."""
-    name = name if "EfficientNet-" in name else "EfficientNet-" + name
-    return build_model(name, pretrained_path, cfg_list)
+regnetx, regnety = _family("RegNetX-"), _family("RegNetY-")
+resnet, resnext, effnet = _family("ResNet-"), _family("ResNeXt-"), _family("EfficientNet-")
