@@ -42,6 +42,9 @@ def _stop_handler(signum, frame):
         # Loader workers die of the same signal: torch's SIGCHLD handler must not report that
         # (a Python no-op, not SIG_DFL: CPython complains of a pending signal without handler)
         signal.signal(signal.SIGCHLD, lambda *args: None)
+        # Threads that die in the teardown report through sys.excepthook (multiprocessing's
+        # resource sharer does, when a peer is gone): no traceback after the stop line
+        sys.excepthook = lambda *args: None
         raise Stopped(signum)
 
 
