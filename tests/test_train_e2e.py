@@ -79,3 +79,20 @@ def test_profperf_writes_a_chrome_trace(small_data, tiny_cfg, tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     trace = tmp_path / "profile_rank0.json"
     assert trace.is_file() and b"traceEvents" in trace.read_bytes()[:4096]
+
+
+@pytest.mark.slow
+def test_a_long_run_holds_its_memory(small_data, tiny_cfg, tmp_path):
+    # 40 epochs with what repeats each epoch (loader workers, precise BN, the test epoch on a
+    # BN-folded copy, a checkpoint and its pruning): the process's peak RSS, which json_stats
+    # reports as mem on the CPU, may not keep growing after the first epochs have warmed up
+    args = ["--cfg", tiny_cfg, "--data_path", small_data, "OUT_DIR", tmp_path]
+    args += ["OPTIM.MAX_EPOCH", "40", "BN.USE_PRECISE_STATS", "True", "BN.NUM_SAMPLES_PRECISE"]
+    args += ["64", "DATA_LOADER.NUM_WORKERS", "2", "TRAIN.BATCH_SIZE", "50", "LOG_PERIOD", "100"]
+    res = run_tool("train_net", *args)
+    assert res.returncode == 0, res.stderr[-2000:]
+    mem = [e["mem"] for e in json_stats(res.stdout + res.stderr, "train_epoch")]
+    assert len(mem) == 40
+    assert mem[-1] <= 1.1 * mem[4], "peak RSS grew from {} MB (epoch 5) to {} MB".format(
+        mem[4], mem[-1]
+    )
