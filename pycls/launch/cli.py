@@ -88,7 +88,9 @@ def _fail_on(error):
     line = isinstance(error, RuntimeError) and _dist_line(error)
     if not line:
         raise error
-    _fail(line, 1)
+    # Leave at once: with a peer gone, the process group's teardown at exit can abort the
+    # interpreter (gloo: "terminate called without an active exception", exit -6)
+    _fail(line, 1, at_once=True)
 
 
 def _dist_line(error):
@@ -143,11 +145,16 @@ def stop_line(signum, tool, out_dir):
     return "stopped by {}; rerun the same command to {}".format(signal.Signals(signum).name, how)
 
 
-def _fail(message, code):
+def _fail(message, code, at_once=False):
     """Writes one line on stderr (and where torchrun reads a failed rank's error) and exits."""
     write_stderr_line(message)
     path = os.environ.get("TORCHELASTIC_ERROR_FILE")
     if path:
         with contextlib.suppress(OSError), open(path, "w") as f:
             json.dump({"message": message, "timestamp": int(time.time())}, f)
+    if at_once:
+        for child in multiprocessing.active_children():  # loader workers
+            child.terminate()
+        sys.stdout.flush()
+        os._exit(code)
     sys.exit(code)
