@@ -459,3 +459,17 @@ def test_en_taps_that_see_only_padding_get_no_gradient():
         assert grad[:, 2, 2].abs().sum() > 0
         grad[:, 2, 2] = 0
         assert torch.count_nonzero(grad) == 0, seed
+
+
+def test_cpu_bf16_autocast_trains_depthwise_convs_in_fp32():
+    """Under CPU bf16 autocast a depthwise conv computes in fp32 where autograd records it (its
+    bf16 backward is the slow one) and in bf16 without autograd; other convs follow autocast."""
+    torch.manual_seed(0)
+    dwise, pwise = blocks.conv2d(8, 8, 3, groups=8), blocks.conv2d(8, 8, 1)
+    x = torch.randn(2, 8, 6, 6, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = dwise(x)
+        assert y.dtype == torch.float32 and pwise(x).dtype == torch.bfloat16
+        with torch.no_grad():
+            assert dwise(x).dtype == torch.bfloat16
+    assert torch.equal(y, dwise(x))  # the same fp32 conv as without autocast
