@@ -81,6 +81,13 @@ VERBOSE: false
 """
 
 
+def output_id(base):
+    """A launcher output id (the launchers write test/output/<id>/) of one test file, and of this
+    pytest-xdist worker: tests of one file run on both workers at once, each removing its own."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")[2:]
+    return str(int(base) + 10000 * int(worker))
+
+
 @pytest.fixture(scope="session")
 def demo_data(tmp_path_factory):
     """The digits demo data set at 16x16, written once per test session."""

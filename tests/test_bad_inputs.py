@@ -23,7 +23,7 @@ import pytest
 import torch
 from _data_utils import make_image_folder, write_bad_file, write_huge_header_image
 from _zygote import Zygote, runs_here
-from conftest import LAUNCH_VARS, REPO, TINY_EN_OPTS, free_port, last_line
+from conftest import LAUNCH_VARS, REPO, TINY_EN_OPTS, free_port, last_line, output_id
 
 import pycls.core.builders as builders
 from pycls.core import config
@@ -32,7 +32,7 @@ from pycls.core.config import cfg
 CFG = os.path.join(REPO, "configs", "dds_baselines", "effnet", "EN-B0_dds_8gpu.yaml")
 
 # Launcher runs write under test/output/<this id>/ (kept apart from other runs, removed after)
-DEVICE_ID = "93"
+DEVICE_ID = output_id(93)
 
 # A tiny EfficientNet on 16px images of 3 classes
 TINY = TINY_EN_OPTS

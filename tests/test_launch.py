@@ -12,13 +12,13 @@ import uuid
 
 import pytest
 import torch
-from conftest import LAUNCH_VARS, REPO, json_stats
+from conftest import LAUNCH_VARS, REPO, json_stats, output_id
 
 from pycls.launch import cli, ranks
 
 TEST_DIR = os.path.join(REPO, "test")
 # A launcher output id of our own, removed afterwards (the launchers write test/output/<id>/)
-OUTPUT_ID = "96"
+OUTPUT_ID = output_id(96)
 
 
 def job_pids(marker):

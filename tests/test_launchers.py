@@ -6,21 +6,21 @@ import shutil
 import subprocess
 
 import pytest
-from conftest import REPO, json_stats
+from conftest import REPO, json_stats, output_id
 
 TEST_DIR = os.path.join(REPO, "test")
 # A launcher output id of our own, removed afterwards (the launchers write test/output/<id>/)
-OUTPUT_ID = "97"
+OUTPUT_ID = output_id(97)
 # The output id of the rerun test (its logs are counted)
-RERUN_ID = "971"
+RERUN_ID = output_id(971)
 
 
 @pytest.fixture(scope="module", autouse=True)
 def clean_output():
     """Removes what the launchers wrote under test/output/<OUTPUT_ID> (and RERUN_ID)."""
     yield
-    for output_id in (OUTPUT_ID, RERUN_ID):
-        shutil.rmtree(os.path.join(TEST_DIR, "output", output_id), ignore_errors=True)
+    for folder_id in (OUTPUT_ID, RERUN_ID):
+        shutil.rmtree(os.path.join(TEST_DIR, "output", folder_id), ignore_errors=True)
 
 
 def launch(script, *args, rank_size=None, cwd=REPO, output_id=OUTPUT_ID):

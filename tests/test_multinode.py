@@ -16,7 +16,7 @@ import uuid
 import pytest
 import torch
 from _data_utils import make_image_folder
-from conftest import REPO, TINY_EN_OPTS, child_env, free_port, json_stats, last_line
+from conftest import REPO, TINY_EN_OPTS, child_env, free_port, json_stats, last_line, output_id
 from test_launch import job_pids, wait_for
 from test_reliability import HOOKED_TRAIN
 
@@ -28,7 +28,7 @@ pytestmark = [
 LAUNCHER = os.path.join(REPO, "test", "train_full_8p.sh")
 CFG = os.path.join(REPO, "configs", "dds_baselines", "effnet", "EN-B3_dds_8npu_full.yaml")
 # A launcher output id of our own, removed afterwards (the launchers write test/output/<id>/)
-OUTPUT_ID = "95"
+OUTPUT_ID = output_id(95)
 OUTPUT = os.path.join(REPO, "test", "output", OUTPUT_ID)
 TINY = dict(TINY_EN_OPTS, **{"OPTIM.MAX_EPOCH": "2", "DETERMINISTIC": "True"})
 # The Final result lines that must equal between a two-node and a one-node run

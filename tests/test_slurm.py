@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO
+from conftest import REPO, output_id
 
 from pycls.core.errors import PyclsError
 from pycls.launch import slurm
@@ -34,7 +34,7 @@ STEP = dict(
 )
 
 # Launcher output of these tests goes under test/output/<this id>/ (removed after)
-DEVICE_ID = "94"
+DEVICE_ID = output_id(94)
 
 
 def values(facts):

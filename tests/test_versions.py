@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO, child_env
+from conftest import REPO, child_env, output_id
 
 from pycls.launch import versions
 
@@ -79,13 +79,13 @@ def test_launcher_refuses_an_old_stack_in_one_line(tmp_path):
     python = tmp_path / "python"
     python.write_text('#!/bin/sh\nexec "{}" "{}" "$@"\n'.format(sys.executable, runner))
     python.chmod(0o755)
-    output_id = "96"  # the launcher logs to test/output/<id>/, removed below
-    env = child_env(FAKE_TORCH="1.8.1", PYTHON=str(python), ASCEND_DEVICE_ID=output_id)
+    out_id = output_id(91)  # the launcher logs to test/output/<id>/, removed below
+    env = child_env(FAKE_TORCH="1.8.1", PYTHON=str(python), ASCEND_DEVICE_ID=out_id)
     cmd = ["bash", os.path.join(REPO, "test", "train_full_1p.sh"), "--data_path=" + str(tmp_path)]
     try:
         res = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=str(tmp_path))
     finally:
-        shutil.rmtree(os.path.join(REPO, "test", "output", output_id), ignore_errors=True)
+        shutil.rmtree(os.path.join(REPO, "test", "output", out_id), ignore_errors=True)
     assert res.returncode == 2, res.stdout + res.stderr
     errors = [ln for ln in (res.stdout + res.stderr).splitlines() if ln.startswith("error: ")]
     assert len(errors) == 1 and "torch 1.8.1" in errors[0] and "torchvision" in errors[0]
