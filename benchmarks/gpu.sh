@@ -55,7 +55,7 @@ fi
 if [ "$DRY_RUN" = 1 ]; then
     echo "DRY RUN on the CPU with tiny settings: these numbers say nothing about a GPU"
     # 9 train steps: at 64px fp16 GradScaler skips the first ~4 (its scale starts at 2**16)
-    settings=(--device cpu --threads 1 --batch 4 --im-size 64 --warmup 3 --rounds 2 --steps 3
+    settings=(--device cpu --threads 1 --batch 2 --im-size 64 --warmup 3 --rounds 2 --steps 3
         --lr 0.005 --no-memory)
 else
     "$PY" -c "import sys, torch; sys.exit(0 if torch.cuda.device_count() > 0 else 1)" \
