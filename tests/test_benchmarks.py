@@ -71,3 +71,55 @@ def test_gpu_sh_dry_run(tmp_path):
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert proc.stdout.count("loss fell for every setting") == 2
     assert sorted(os.listdir(tmp_path)) == ["gpu_bf16.log", "gpu_fp16.log"]
+
+
+# A stand-in for timm's train.py (not in timm's wheel): its flags, its train log lines and its
+# summary.csv, as timm 1.0 writes them
+_FAKE_TIMM_TRAIN = """\
+import argparse, csv, os
+p = argparse.ArgumentParser()
+p.add_argument("data")
+p.add_argument("--output")
+p.add_argument("--experiment")
+p.add_argument("--epochs", type=int)
+args, _ = p.parse_known_args()
+assert os.path.isdir(os.path.join(args.data, "train"))
+os.makedirs(os.path.join(args.output, args.experiment))
+with open(os.path.join(args.output, args.experiment, "summary.csv"), "w", newline="") as f:
+    out = csv.writer(f)
+    out.writerow(["epoch", "train_loss", "eval_loss", "eval_top1", "eval_top5", "lr"])
+    for e in range(args.epochs):
+        for i, t in ((0, "0.500s,   64.00/s  (0.500s,   64.00/s)"), (8, "0.400s,   80.00/s  "
+                     "(0.450s,   71.11/s)")):
+            print("Train: %d [%4d/9 (100%%)]  Loss: 1.00 (1.50)  Time: %s  LR: 2.000e-03  "
+                  "Data: 0.010 (0.010)" % (e, i, t))
+        out.writerow([e, 1.5, 1.2, 50.0 + e, 90.0, 0.002])
+"""
+
+
+@pytest.mark.slow
+def test_e2e_timm_prints_both_runs_and_where_our_time_goes(small_data, tmp_path):
+    fake = tmp_path / "train.py"
+    fake.write_text(_FAKE_TIMM_TRAIN)
+    script = os.path.join(REPO, "benchmarks", "e2e_timm.py")
+    args = ["--data", small_data, "--epochs", "2", "--im-size", "16", "--workers", "0"]
+    args += ["--runs", "ours_pbn,timm", "--timm-train", str(fake), "--work", str(tmp_path / "w")]
+    proc = _run([sys.executable, script, *args])
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    table = [ln.split() for ln in proc.stdout.splitlines()]
+    table = [r for r in table if len(r) == 6 and r[1] != "/"]  # not the ratio line's 6 words
+    rows = {r[0]: r[1:] for r in table if r[0] in ("ours_pbn", "timm")}
+    assert sorted(rows) == ["ours_pbn", "timm"]
+    assert float(rows["ours_pbn"][0]) > 0 and float(rows["ours_pbn"][1]) > 0
+    # timm's figures come from its log and summary.csv: 9 steps of 0.45 s at batch 32, top-1 51
+    assert rows["timm"][1] == "71.1" and rows["timm"][3:] == ["51.00", "51.00"]
+    assert "ours_pbn outside the steps, s in all: start-up " in proc.stdout
+    assert "precise BN" in proc.stdout and "ours_pbn / timm wall time: " in proc.stdout
+
+
+def test_e2e_timm_without_its_train_py_runs_ours_alone_or_says_what_is_missing(tmp_path):
+    script = os.path.join(REPO, "benchmarks", "e2e_timm.py")
+    proc = _run([sys.executable, script, "--runs", "timm", "--timm-train", str(tmp_path / "no")])
+    assert proc.returncode != 0 and "is not a file; pass timm's train.py" in proc.stderr
+    proc = _run([sys.executable, script, "--runs", "ours,tim"])
+    assert proc.returncode == 2 and "unknown run tim" in proc.stderr
