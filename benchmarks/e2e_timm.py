@@ -28,6 +28,9 @@ import tempfile
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+from pycls.core.logging import load_log_data  # noqa: E402
+
 DEMO_CFG = os.path.join(REPO, "configs", "demo", "EN-B3_digits_cpu.yaml")
 
 # Ours, timed by phase in the child (what the trainer calls, through their modules)
@@ -45,7 +48,7 @@ def _child(times_path, argv):
     import atexit
     import importlib
 
-    start, times = time.time(), {name: 0.0 for name in PHASES}
+    times = {name: 0.0 for name in PHASES}
     marks = {"first_train": None, "last_end": None}
 
     def timed(name, fun):
@@ -66,30 +69,19 @@ def _child(times_path, argv):
         setattr(mod, attr, timed(name, getattr(mod, attr)))
 
     def dump():
-        out = dict(times, start=start, **marks)
         with open(times_path, "w") as f:
-            json.dump(out, f)
+            json.dump(dict(times, **marks), f)
 
     atexit.register(dump)
     sys.argv = [os.path.join(REPO, "tools", "train_net.py")] + argv
     runpy.run_path(sys.argv[0], run_name="__main__")
 
 
-def _json_stats(log_text, kind):
-    """Returns the json_stats dicts of one _type from a log."""
-    out = []
-    for line in log_text.splitlines():
-        if "json_stats: " in line:
-            stats = json.loads(line.split("json_stats: ", 1)[1])
-            if stats.get("_type") == kind:
-                out.append(stats)
-    return out
-
-
 def run_ours(args, data, precise_bn):
     """Trains ours; returns its figures."""
     name = "ours_pbn" if precise_bn else "ours"
     out_dir, times_path = os.path.join(args.work, name), os.path.join(args.work, name + ".json")
+    log_path = os.path.join(args.work, name + ".log")
     opts = ["OPTIM.MAX_EPOCH", args.epochs, "TRAIN.BATCH_SIZE", args.batch]
     opts += ["TRAIN.IM_SIZE", args.im_size, "TEST.IM_SIZE", args.im_size]
     opts += ["DATA_LOADER.NUM_WORKERS", args.workers, "BN.USE_PRECISE_STATS", precise_bn]
@@ -101,13 +93,15 @@ def run_ours(args, data, precise_bn):
     wall = time.time() - t0
     if res.returncode != 0:
         sys.exit("error: {} failed:\n{}".format(name, (res.stdout + res.stderr)[-3000:]))
-    log = res.stdout + res.stderr
-    train, test = _json_stats(log, "train_epoch"), _json_stats(log, "test_epoch")
+    with open(log_path, "w") as f:
+        f.write(res.stdout + res.stderr)
+    stats = load_log_data(log_path)
+    train, test = stats["train_epoch"], stats["test_epoch"]
     with open(times_path) as f:
         times = json.load(f)
-    steps = sum(s["time_epoch"] for s in train)
-    images = sum(s["time_epoch"] * s["fps"] for s in train)
-    top1 = [100.0 - s["top1_err"] for s in test]
+    steps = sum(train["time_epoch"])
+    images = sum(t * fps for t, fps in zip(train["time_epoch"], train["fps"]))
+    top1 = [100.0 - err for err in test["top1_err"]]
     parts = {
         "start-up": times["first_train"] - t0 - times["loaders"],
         "loader start": times["loaders"],
@@ -172,22 +166,20 @@ def main():
     bad = [r for r in runs if r not in ("ours_pbn", "ours", "timm")]
     if bad:
         parser.error("unknown run {}; choose from ours_pbn, ours, timm".format(bad[0]))
-    args.work = os.path.abspath(args.work or tempfile.mkdtemp(prefix="e2e_timm_"))
-    os.makedirs(args.work, exist_ok=True)
-    data = args.data
-    if not data:
-        data = os.path.join(args.work, "demo_data")
-        if not os.path.isdir(os.path.join(data, "train")):
-            tool = os.path.join(REPO, "tools", "make_demo_data.py")
-            subprocess.run([sys.executable, tool, data], check=True, stdout=subprocess.DEVNULL)
-    elif not os.path.isdir(os.path.join(data, "train")):
-        sys.exit("error: --data {} has no train/ folder".format(data))
+    if args.data and not os.path.isdir(os.path.join(args.data, "train")):
+        sys.exit("error: --data {} has no train/ folder".format(args.data))
     if "timm" in runs and not args.timm_train:
         print("note: no --timm-train PATH given; skipping timm's run (see this script's help)")
         runs.remove("timm")
     elif "timm" in runs and not os.path.isfile(args.timm_train):
         sys.exit("error: --timm-train {} is not a file; pass timm's train.py".format(
             args.timm_train))  # fmt: skip
+    args.work = os.path.abspath(args.work or tempfile.mkdtemp(prefix="e2e_timm_"))
+    os.makedirs(args.work, exist_ok=True)
+    data = args.data or os.path.join(args.work, "demo_data")
+    if not os.path.isdir(os.path.join(data, "train")):  # the digits demo, written once
+        tool = os.path.join(REPO, "tools", "make_demo_data.py")
+        subprocess.run([sys.executable, tool, data], check=True, stdout=subprocess.DEVNULL)
     import torch
 
     print("EN-B3, {} epochs, batch {}, {} px, {} workers, CPU, torch {}, {} threads, data {}"
@@ -207,12 +199,11 @@ def main():
     peer = [r for r in results if r["name"] == "timm"]
     for r in results:
         if peer and r is not peer[0]:
-            print("{} / timm wall time: {:.2f}x".format(r["name"], r["wall"] / peer[0]["wall"]))
+            print("{}/timm wall time: {:.2f}x".format(r["name"], r["wall"] / peer[0]["wall"]))
 
 
 if __name__ == "__main__":
     if len(sys.argv) > 2 and sys.argv[1] == "--child":
-        sys.path.insert(0, REPO)
         _child(sys.argv[2], sys.argv[3:])
     else:
         main()
