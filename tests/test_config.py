@@ -289,6 +289,11 @@ def test_a_registered_loss_passes_the_checks_and_trains():
         (["EN.DEPTHS", "[1, x]"], r"EN\.DEPTHS is \[1, 'x'\]; every entry must be a finite number"),
         (["AMP.LOSS_SCALE", "inf"], r"AMP\.LOSS_SCALE is 'inf'; give a number above 0 or dynamic"),
         (["TRAIN.CROP_SCALE", "[0.9, 0.1]"], r"TRAIN\.CROP_SCALE must be \[low, high\]"),
+        (["BN.PRECISE_BATCH_SIZE", "-128"], r"BN\.PRECISE_BATCH_SIZE is -128; it must be 0 or more"),
+        (
+            ["TRAIN.BATCH_SIZE", "32", "BN.PRECISE_BATCH_SIZE", "100"],
+            r"BN\.PRECISE_BATCH_SIZE is 100 and TRAIN\.BATCH_SIZE 32; set it to 0 or a multiple",
+        ),
     ],
 )
 def test_numbers_that_make_no_sense_are_refused(opts, words):

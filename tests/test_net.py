@@ -199,6 +199,29 @@ def test_precise_bn_uses_num_samples_precise():
     assert model.training
 
 
+def test_precise_bn_passes_join_train_batches():
+    # BN.PRECISE_BATCH_SIZE 16 with train batches of 8: each pass's stats come from 16 images
+    _set(BN__NUM_SAMPLES_PRECISE=32, TRAIN__BATCH_SIZE=8, BN__PRECISE_BATCH_SIZE=16)
+    images, loader = _bn_loader()
+    model = nn.Sequential(nn.BatchNorm2d(3))
+    net.compute_precise_bn_stats(model, loader, torch.device("cpu"))
+    pass_vars = [b.transpose(0, 1).reshape(3, -1).var(1) for b in images.split(16)]
+    batch_vars = [b.transpose(0, 1).reshape(3, -1).var(1) for b in images.split(8)]
+    assert torch.allclose(model[0].running_mean, images.mean((0, 2, 3)), atol=1e-5)
+    assert torch.allclose(model[0].running_var, torch.stack(pass_vars).mean(0), atol=1e-5)
+    assert not torch.allclose(model[0].running_var, torch.stack(batch_vars).mean(0), atol=1e-3)
+
+
+def test_precise_bn_feeds_the_model_its_memory_format():
+    _set(BN__NUM_SAMPLES_PRECISE=8)
+    _, loader = _bn_loader()
+    seen = []
+    model = nn.Sequential(nn.BatchNorm2d(3)).to(memory_format=torch.channels_last)
+    model.register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
+    net.compute_precise_bn_stats(model, loader, torch.device("cpu"))
+    assert seen and seen[0].is_contiguous(memory_format=torch.channels_last)
+
+
 def test_unwrap_model():
     model = nn.Linear(2, 2)
     assert net.unwrap_model(model) is model

@@ -63,6 +63,7 @@ _C.EN.DROPOUT_RATIO = 0.0
 _C.BN.EPS, _C.BN.MOM = 1e-5, 0.1  # epsilon; momentum as PyTorch's (1 - Caffe2's)
 _C.BN.USE_PRECISE_STATS = True  # recompute BN stats after each epoch from train images
 _C.BN.NUM_SAMPLES_PRECISE = 8192  # over all processes
+_C.BN.PRECISE_BATCH_SIZE = 0  # images per precise BN pass over all processes; 0: TRAIN.BATCH_SIZE
 _C.BN.ZERO_INIT_FINAL_GAMMA = False  # zero the gamma of each block's final BN
 _C.BN.USE_CUSTOM_WEIGHT_DECAY, _C.BN.CUSTOM_WEIGHT_DECAY = False, 0.0  # another one for BN layers
 _C.OPTIM.OPTIMIZER = "sgd"  # sgd, adam or adamw
@@ -346,6 +347,10 @@ def assert_cfg():
     if len(_C.TRAIN.CROP_SCALE) != 2 or _C.TRAIN.CROP_SCALE[0] > _C.TRAIN.CROP_SCALE[1]:
         msg = "config key TRAIN.CROP_SCALE must be [low, high] with 0 < low <= high <= 1"
         raise PyclsError(msg)
+    if _C.BN.PRECISE_BATCH_SIZE % _C.TRAIN.BATCH_SIZE:
+        msg = "config key BN.PRECISE_BATCH_SIZE is {} and TRAIN.BATCH_SIZE {}; set it to 0 or a "
+        msg += "multiple of TRAIN.BATCH_SIZE (its passes join whole train batches)"
+        raise PyclsError(msg.format(_C.BN.PRECISE_BATCH_SIZE, _C.TRAIN.BATCH_SIZE))
     if os.path.isfile(_C.OUT_DIR):
         raise PyclsError("OUT_DIR {} is a file; set OUT_DIR to a folder".format(_C.OUT_DIR))
 

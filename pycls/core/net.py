@@ -7,6 +7,7 @@ import itertools
 import numpy as np
 import torch
 
+import pycls.core.device as devices
 import pycls.core.distributed as dist
 from pycls.core.config import cfg
 
@@ -139,8 +140,11 @@ def precise_bn_iters(loader):
 def compute_precise_bn_stats(model, loader, device):
     """Recomputes BN running stats as the average of batch stats over BN.NUM_SAMPLES_PRECISE
     training images of all processes (as pycls): each averages its own batches, then the
-    averages are averaged (equal batch counts), as if one process read them all."""
+    averages are averaged (equal batch counts), as if one process read them all. Each forward
+    pass takes BN.PRECISE_BATCH_SIZE / TRAIN.BATCH_SIZE loader batches (one by default, as
+    pycls); a pass's stats weigh by its images."""
     num_iter = precise_bn_iters(loader)
+    per_pass = max(1, cfg.BN.PRECISE_BATCH_SIZE // cfg.TRAIN.BATCH_SIZE)
     bn_type = torch.nn.modules.batchnorm._BatchNorm
     bns = [m for m in model.modules() if isinstance(m, bn_type) and m.track_running_stats]
     means = [torch.zeros_like(bn.running_mean) for bn in bns]
@@ -152,12 +156,18 @@ def compute_precise_bn_stats(model, loader, device):
         bn.momentum = 1.0
     was_training = model.training
     model.train()
-    dtype = next(model.parameters()).dtype
-    for inputs, _labels in itertools.islice(loader, num_iter):
-        model(inputs.to(device, dtype=dtype, non_blocking=True))
+    dtype, memory_format = next(model.parameters()).dtype, devices.memory_format(device)
+    batches, seen = itertools.islice(loader, num_iter), 0
+    while group := [inputs for inputs, _labels in itertools.islice(batches, per_pass)]:
+        inputs = torch.cat(group) if len(group) > 1 else group[0]
+        inputs = inputs.to(device, dtype=dtype, non_blocking=True, memory_format=memory_format)
+        model(inputs)
+        seen += len(inputs)
         for i, bn in enumerate(bns):
-            means[i] += bn.running_mean / num_iter
-            variances[i] += bn.running_var / num_iter
+            means[i] += bn.running_mean * len(inputs)
+            variances[i] += bn.running_var * len(inputs)
+    for stats in means + variances:
+        stats /= seen
     dist.scaled_all_reduce(means + variances)
     for i, bn in enumerate(bns):
         bn.running_mean.copy_(means[i])
