@@ -4,11 +4,11 @@ import random
 
 import numpy as np
 import torch
-from conftest import json_stats
+from conftest import REPO, TINY_EN_OPTS, json_stats
 
 from pycls.core import amp as amp_module
 from pycls.core import trainer
-from pycls.core.config import cfg
+from pycls.core.config import cfg, load_cfg
 
 
 def test_epoch_seeds_depend_on_seed_epoch_and_rank(fresh_cfg, monkeypatch):
@@ -49,3 +49,19 @@ def test_amp_overflow_steps_are_counted_not_fatal(fresh_cfg, caplog):
     epoch = json_stats("\n".join(caplog.messages), "train_epoch")
     assert epoch[0]["amp_skipped"] == 1 and steps["n"] == 4
     assert amp.skipped_steps == 1 and amp.state_dict()["skipped_steps"] == 1
+
+
+def test_precise_bn_runs_only_before_a_test_epoch(tmp_path, clean_cfg, monkeypatch):
+    # Its stats are read only by the test epoch and the checkpoint: epochs 2 and 3 of 3 here
+    opts = dict(TINY_EN_OPTS, **{"BN.USE_PRECISE_STATS": "True", "TRAIN.EVAL_PERIOD": "2"})
+    opts.update({"OPTIM.MAX_EPOCH": "3", "TRAIN.DATASET": "synthetic", "TEST.DATASET": "synthetic"})
+    opts.update({"DATA_LOADER.SYNTHETIC_LENGTH": "8", "OUT_DIR": str(tmp_path), "DEVICE": "cpu"})
+    base = "{}/configs/dds_baselines/effnet/EN-B0_dds_8gpu.yaml".format(REPO)
+    load_cfg(base, [x for kv in opts.items() for x in kv])
+    calls, tests = [], []  # per precise BN call, the test epochs run before it
+    precise_bn, test_epoch = trainer.net.compute_precise_bn_stats, trainer.test_epoch
+    monkeypatch.setattr(trainer, "test_epoch", lambda *a: tests.append(a[4]) or test_epoch(*a))
+    pbn = lambda *a: calls.append(len(tests)) or precise_bn(*a)  # noqa: E731
+    monkeypatch.setattr(trainer.net, "compute_precise_bn_stats", pbn)
+    trainer.train_model()
+    assert tests == [1, 2] and calls == [0, 1]  # each run just before its test epoch

@@ -228,13 +228,13 @@ def train_model(rank_id=None, device_id=None):
     for cur_epoch in range(start_epoch, cfg.OPTIM.MAX_EPOCH):
         params = (train_loader, train_model_fn, model_ema, loss_fun, optimizer, amp, train_meter)
         train_epoch(*params, cur_epoch, device)
+        last_epoch = cur_epoch + 1 == cfg.OPTIM.MAX_EPOCH
+        if (cur_epoch + 1) % cfg.TRAIN.EVAL_PERIOD != 0 and not last_epoch:
+            continue  # BN stats are only read by tests and checkpoints: none this epoch
         for m in (model, model_ema):
             if m is not None and cfg.BN.USE_PRECISE_STATS:
                 net.compute_precise_bn_stats(m, train_loader, device)
             average_buffers(m)
-        last_epoch = cur_epoch + 1 == cfg.OPTIM.MAX_EPOCH
-        if (cur_epoch + 1) % cfg.TRAIN.EVAL_PERIOD != 0 and not last_epoch:
-            continue
         test_err = test_epoch(test_loader, model, amp, test_meter, cur_epoch, device)
         ema_err = None
         if model_ema is not None:
